@@ -1,0 +1,137 @@
+"""The ``pyro-vae`` command. Exit codes: 0 success, 2 bad usage/spec/data/run, 1 anything unexpected."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from .errors import PyroVAEError
+from .registry import GROUPS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .train import fit
+
+    res = fit(a.spec, overrides=a.set or [], out=a.out, resume=a.resume, force=a.force)
+    s = res.summary
+    print(
+        f"done: {s['epochs']} epochs in {s['train_seconds']:.1f}s; test ELBO {s['test_elbo']:.3f}, "
+        f"log p(x) >= {s['test_log_likelihood']:.3f} (K={s['eval_particles']}) nats/point\nrun directory: {res.run_dir}"
+    )
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .rundir import load_run
+
+    run = load_run(a.run_dir, device=a.device)
+    res = evaluate(run.vae, run.data, a.split, a.particles)
+    res.save(run.paths.eval)
+    print(res.table())
+    print(f"written: {run.paths.eval}")
+    return 0
+
+
+def _sample(a: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import SpecError
+    from .plots import as_images, save_grid
+    from .rundir import load_run
+
+    run = load_run(a.run_dir, device=a.device)
+    y = None
+    if a.label is not None:
+        if not run.data.num_classes or not hasattr(run.vae, "label_cond"):
+            raise SpecError(f"--label {a.label}: this model is not conditional on a class label")
+        if not 0 <= a.label < run.data.num_classes:
+            raise SpecError(f"--label {a.label}: out of range; valid labels 0..{run.data.num_classes - 1}")
+        y = torch.full((a.num,), a.label, dtype=torch.long, device=next(run.vae.parameters()).device)
+    imgs = as_images(run.vae.sample(a.num, y), run.data.event_shape)
+    if imgs is None:
+        raise SpecError(f"data of shape {run.data.event_shape} cannot be drawn as images")
+    out = Path(a.out or run.paths.figures / "samples_cli.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cols = min(a.num, 10)
+    save_grid(imgs, -(-a.num // cols), cols, out, title=f"{a.num} samples" + ("" if y is None else f", label {a.label}"))
+    print(f"written: {out}")
+    return 0
+
+
+def _components(a: argparse.Namespace) -> int:
+    from .components import listing
+
+    print(listing(a.group), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro model/guide pairs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from a spec (default: the embedded digits VAE)")
+    t.add_argument("spec", nargs="?", help="YAML spec; omitted: the built-in default")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value (repeatable)")
+    t.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="ELBO, L_K log-likelihood, KL, active units of a trained run")
+    e.add_argument("run_dir")
+    e.add_argument("--particles", type=int, default=5000, help="K importance samples (default 5000)")
+    e.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run into a PNG")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--label", type=int, default=None, help="class label (conditional models)")
+    s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples_cli.png)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.set_defaults(func=_sample)
+
+    c = sub.add_parser("components", help="list registered components and their parameters")
+    c.add_argument("group", nargs="?", choices=list(GROUPS), metavar="KIND", help=f"one of: {', '.join(GROUPS)}")
+    c.set_defaults(func=_components)
+    return p
+
+
+def _check_positive(a: argparse.Namespace) -> None:
+    from .errors import SpecError
+
+    for name in ("particles", "num"):
+        v = getattr(a, name, None)
+        if v is not None and v < 1:
+            raise SpecError(f"--{name} {v}: must be >= 1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = a.func
+    try:
+        _check_positive(a)
+        return func(a)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

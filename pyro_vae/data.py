@@ -1,0 +1,248 @@
+"""Datasets: the embedded default, torchvision sets, the user's ``.npz``; binarization; batching.
+
+Every dataset is held in memory as float tensors of shape ``(N, *event_shape)`` with values in
+``[0, 1]`` for images (or the user's raw values for ``npz``), moved once to the training device and
+batched by index slices, not a DataLoader.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ._typing import Shape, Tensor
+from .errors import DataError
+from .registry import REGISTRY, register
+
+#: Seed for splits and static binarization that must not change with the run's seed.
+SPLIT_SEED = 20240101
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What a loader returns: raw train/test (and optional valid) arrays."""
+
+    x_train: Tensor
+    x_test: Tensor
+    y_train: Tensor | None = None
+    y_test: Tensor | None = None
+    x_valid: Tensor | None = None
+    y_valid: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """In-memory splits on one device. ``x_*`` are float tensors ``(N, *event_shape)``."""
+
+    name: str
+    x_train: Tensor
+    x_valid: Tensor
+    x_test: Tensor
+    y_train: Tensor | None
+    y_valid: Tensor | None
+    y_test: Tensor | None
+    binarize: str
+    num_classes: int
+
+    @property
+    def event_shape(self) -> Shape:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.event_shape) == 3
+
+    def split(self, name: str) -> tuple[Tensor, Tensor | None]:
+        if name not in ("train", "valid", "test"):
+            raise DataError(f"split {name!r} is not valid; valid choices: train, valid, test")
+        x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if len(x) == 0:
+            raise DataError(f"the {name} split of {self.name!r} is empty")
+        return x, y
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(
+            self, **{f: move(getattr(self, f)) for f in ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test")}
+        )
+
+
+def batches(
+    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, device: Any = "cpu"
+) -> Iterator[Tensor]:
+    """Index tensors covering ``range(n)``; the last batch may be smaller."""
+    idx = torch.randperm(n, generator=generator).to(device) if shuffle else torch.arange(n, device=device)
+    for start in range(0, n, batch_size):
+        yield idx[start : start + batch_size]
+
+
+def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A Bernoulli draw with probabilities ``x`` (dynamic binarization of greyscale images)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _check_values(name: str, x: Tensor, split: str) -> None:
+    if x.ndim < 2:
+        raise DataError(f"{name}: x_{split} must have shape (N, features...) but has shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{name}: x_{split} holds {bad} NaN/inf values; clean the data first")
+
+
+def _labels(name: str, y: Any, n: int, split: str) -> Tensor | None:
+    if y is None:
+        return None
+    y = torch.as_tensor(np.asarray(y))
+    if y.shape[:1] != (n,):
+        raise DataError(f"{name}: y_{split} has {y.shape[0] if y.ndim else 0} labels for {n} points")
+    if y.dtype.is_floating_point:
+        if not torch.isfinite(y).all():
+            raise DataError(f"{name}: y_{split} holds NaN/inf values")
+        return y.float()
+    if y.ndim != 1:
+        raise DataError(f"{name}: integer labels y_{split} must be 1-D, got shape {tuple(y.shape)}")
+    if (y < 0).any():
+        raise DataError(f"{name}: y_{split} holds negative class labels (min {int(y.min())}); labels must be 0..C-1")
+    return y.long()
+
+
+def _images(x: Any) -> Tensor:
+    x = torch.as_tensor(np.asarray(x))
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@register("data", "digits", description="scikit-learn's 1,797 8x8 handwritten digits (offline default)")
+def digits() -> Splits:
+    """scikit-learn's bundled 8x8 handwritten digits: 1,437 train / 360 test, values scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32).div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    test, train = perm[:360], perm[360:]
+    return Splits(x[train], x[test], y[train], y[test])
+
+
+def data_root(root: str | None) -> Path:
+    """``data.root``, else ``$PYRO_VAE_DATA``, else ``./data``."""
+    return Path(root or os.environ.get("PYRO_VAE_DATA") or "data").expanduser()
+
+
+def _torchvision(cls_name: str, root: str | None, download: bool, files: tuple[str, ...]) -> Splits:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    path = data_root(root)
+    out = []
+    for train in (True, False):
+        try:
+            try:
+                ds = cls(str(path), train=train, download=False)
+            except RuntimeError:
+                if not download:
+                    raise
+                ds = cls(str(path), train=train, download=True)
+        except Exception as e:  # torchvision raises RuntimeError/URLError/OSError offline
+            raise DataError(
+                f"{cls_name} not found under {str(path / cls_name / 'raw')!r} and could not be downloaded "
+                f"({type(e).__name__}); put {', '.join(files)} there or set data.root / $PYRO_VAE_DATA"
+            ) from None
+        out.append((ds.data.unsqueeze(1).float().div(255.0), ds.targets.long()))
+    (xtr, ytr), (xte, yte) = out
+    return Splits(xtr, xte, ytr, yte)
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@register("data", "mnist")
+def mnist(*, root: str | None = None, download: bool = True) -> Splits:
+    """MNIST 28x28 (60,000 train / 10,000 test) via torchvision under ``root``."""
+    return _torchvision("MNIST", root, download, _MNIST_FILES)
+
+
+@register("data", "fashion_mnist")
+def fashion_mnist(*, root: str | None = None, download: bool = True) -> Splits:
+    """Fashion-MNIST 28x28 (60,000 / 10,000) via torchvision under ``root``."""
+    return _torchvision("FashionMNIST", root, download, _MNIST_FILES)
+
+
+@register("data", "npz")
+def npz(*, path: str) -> Splits:
+    """Your arrays: x_train, x_test, optional x_valid, y_train, y_test, y_valid in one .npz file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.path: file {str(p)!r} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError for pickled/object arrays, EOFError
+        raise DataError(f"data.path: {str(p)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("x_train", "x_test") if k not in arrays]
+    if missing:
+        raise DataError(f"data.path: {str(p)!r} lacks {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}")
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"data.path: array {k!r} has dtype {a.dtype}; expected numbers")
+    get = lambda k: _images(arrays[k]) if k in arrays else None  # noqa: E731
+    return Splits(
+        get("x_train"), get("x_test"), arrays.get("y_train"), arrays.get("y_test"), get("x_valid"), arrays.get("y_valid")
+    )
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
+    """Build the :class:`Dataset` for a resolved ``data:`` section."""
+    name = cfg["name"]
+    raw: Splits = REGISTRY.build("data", cfg)
+    x_tr, x_te = raw.x_train.float(), raw.x_test.float()
+    for split, x in (("train", x_tr), ("test", x_te)):
+        if len(x) == 0:
+            raise DataError(f"{name}: the {split} split is empty")
+        _check_values(name, x, split)
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{name}: x_train points have shape {tuple(x_tr.shape[1:])} but x_test {tuple(x_te.shape[1:])}")
+    y_tr = _labels(name, raw.y_train, len(x_tr), "train")
+    y_te = _labels(name, raw.y_test, len(x_te), "test")
+    limit = int(cfg.get("limit", 0))
+    if limit:
+        x_tr, y_tr = x_tr[:limit], (None if y_tr is None else y_tr[:limit])
+    if raw.x_valid is not None:
+        x_va = raw.x_valid.float()
+        _check_values(name, x_va, "valid")
+        y_va = _labels(name, raw.y_valid, len(x_va), "valid")
+    else:
+        vs = float(cfg.get("valid_size", 0.0))
+        n_valid = int(round(vs * len(x_tr))) if vs < 1 else int(vs)
+        if n_valid >= len(x_tr):
+            raise DataError(f"data.valid_size: {vs:g} leaves no training data ({len(x_tr)} points)")
+        cut = len(x_tr) - n_valid  # the last points of the training split, as Burda et al.
+        x_tr, x_va = x_tr[:cut], x_tr[cut:]
+        y_tr, y_va = (None, None) if y_tr is None else (y_tr[:cut], y_tr[cut:])
+    num_classes = 0
+    if y_tr is not None and not y_tr.dtype.is_floating_point:
+        num_classes = int(max(int(y.max()) for y in (y_tr, y_te, y_va) if y is not None and len(y))) + 1
+    mode = cfg.get("binarize", "none")
+    if mode != "none":
+        lo = min(float(x.min()) for x in (x_tr, x_va, x_te) if len(x))
+        hi = max(float(x.max()) for x in (x_tr, x_va, x_te) if len(x))
+        if lo < 0 or hi > 1:
+            raise DataError(f"data.binarize: {mode!r} needs values in [0, 1], but {name} spans [{lo:g}, {hi:g}]")
+        g = torch.Generator().manual_seed(SPLIT_SEED)
+        # Evaluation splits are binarized once for both modes (a fixed stochastic binarization);
+        # 'dynamic' resamples only the training batches.
+        x_va, x_te = binarize(x_va, g), binarize(x_te, g)
+        if mode == "static":
+            x_tr = binarize(x_tr, g)
+    return Dataset(name, x_tr, x_va, x_te, y_tr, y_va, y_te, mode, num_classes).to(device)

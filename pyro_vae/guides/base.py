@@ -1,0 +1,40 @@
+"""The amortized guide protocol shared by every posterior family."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+from torch import nn
+
+from .._typing import Tensor
+from ..nets import Encoder
+
+
+class AmortizedGuide(nn.Module):
+    """q(z|x): ``encoder`` features, then :meth:`head` maps them to a distribution (event dim 1).
+
+    A new posterior family overrides only :meth:`head`. ``kl_weight`` (beta) scales the ``z`` site,
+    and so ``log q(z|x)`` inside every estimator, exactly as the model scales ``log p(z)``.
+    """
+
+    def __init__(self, encoder: Encoder, latent_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.latent_dim = latent_dim
+        self.kl_weight = 1.0
+
+    def head(self, h: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def dist(self, x: Tensor, cond: Tensor | None = None) -> dist.Distribution:
+        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(latent_dim,)``."""
+        return self.head(self.encoder(x, cond))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else nullcontext()
+            with scale:
+                return pyro.sample("z", self.dist(x, cond))

@@ -1,0 +1,122 @@
+"""Likelihoods p(x|z): map decoder outputs ``(*lead, num_params, *event_shape)`` to a distribution.
+
+Each likelihood says which data it can score (:meth:`Likelihood.check_data`) so that bad data is
+rejected before training with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Union
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .._typing import PositiveFloat, Shape, Tensor
+from ..errors import DataError
+from ..registry import register
+
+
+class Likelihood(nn.Module):
+    """Base: ``forward(params)`` returns a distribution whose event shape is the data's."""
+
+    num_params: int = 1  # decoder outputs per data element
+
+    def __init__(self, event_shape: Shape) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
+
+    def forward(self, params: Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def mean(self, params: Tensor) -> Tensor:
+        """E[x|z], used for reconstructions and samples in figures."""
+        return self(params).mean
+
+    def check_data(self, x: Tensor, where: str = "data") -> None:
+        """Raise :class:`DataError` if this likelihood cannot score ``x``."""
+
+    def _event(self, d: dist.Distribution) -> dist.Distribution:
+        return d.to_event(len(self.event_shape))
+
+    def _param(self, params: Tensor, i: int = 0) -> Tensor:
+        """The ``i``-th parameter map, shape ``(*lead, *event_shape)``."""
+        return params.select(-len(self.event_shape) - 1, i)
+
+
+def _check_unit_interval(name: str, x: Tensor, where: str) -> None:
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise DataError(
+            f"model.likelihood: {name!r} needs values in [0, 1] but {where} spans [{lo:g}, {hi:g}]; "
+            "rescale the data or use likelihood kind: gaussian"
+        )
+
+
+@register("likelihood", "bernoulli", context=("event_shape",))
+class Bernoulli(Likelihood):
+    """Bernoulli with logits; on greyscale data in [0, 1] this is the cross-entropy of seed 002."""
+
+    def __init__(self, *, event_shape: Shape) -> None:
+        super().__init__(event_shape)
+
+    def forward(self, params: Tensor) -> dist.Distribution:
+        # validate_args=False: greyscale targets in [0, 1] are scored by the cross-entropy formula.
+        return self._event(dist.Bernoulli(logits=self._param(params), validate_args=False))
+
+    def mean(self, params: Tensor) -> Tensor:
+        return torch.sigmoid(self._param(params))
+
+    def check_data(self, x: Tensor, where: str = "data") -> None:
+        _check_unit_interval("bernoulli", x, where)
+
+
+@register("likelihood", "continuous_bernoulli", context=("event_shape",))
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalized density on [0, 1]."""
+
+    def __init__(self, *, event_shape: Shape) -> None:
+        super().__init__(event_shape)
+
+    def forward(self, params: Tensor) -> dist.Distribution:
+        logits = self._param(params).clamp(-15, 15)
+        return self._event(dist.ContinuousBernoulli(logits=logits, validate_args=False))
+
+    def check_data(self, x: Tensor, where: str = "data") -> None:
+        _check_unit_interval("continuous_bernoulli", x, where)
+
+
+@register("likelihood", "gaussian", context=("event_shape",))
+class Gaussian(Likelihood):
+    """Normal(decoder mean, sigma): sigma fixed, ``learned`` (one shared) or ``learned_per_feature``."""
+
+    def __init__(
+        self,
+        *,
+        event_shape: Shape,
+        scale: Union[PositiveFloat, Literal["learned", "learned_per_feature"]] = "learned",
+        min_scale: PositiveFloat = 1e-3,  # floor on sigma: keeps a learned scale from collapsing
+    ) -> None:
+        super().__init__(event_shape)
+        self.min_scale = min_scale
+        self.learned = isinstance(scale, str)
+        if scale == "learned":
+            self.raw_scale = nn.Parameter(torch.zeros(()))
+        elif scale == "learned_per_feature":
+            self.raw_scale = nn.Parameter(torch.zeros(self.event_shape))
+        else:
+            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+
+    def sigma(self) -> Tensor:
+        if self.learned:
+            return F.softplus(self.raw_scale + math.log(math.e - 1)) + self.min_scale  # starts at 1 + min
+        return self.fixed_scale
+
+    def forward(self, params: Tensor) -> dist.Distribution:
+        loc = self._param(params)
+        return self._event(dist.Normal(loc, self.sigma().expand(loc.shape[-len(self.event_shape):])))
+
+    def mean(self, params: Tensor) -> Tensor:
+        return self._param(params)

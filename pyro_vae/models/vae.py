@@ -1,0 +1,121 @@
+"""The VAE: a Pyro model p(z) p(x|z) and an amortized guide q(z|x) sharing site names.
+
+Sites: ``z`` (latent), ``x`` (observation), plate ``data`` at dim -1. Both programs are
+``nn.Module``s, so ``elbo(vae.model, vae.guide)`` is an ``nn.Module`` whose parameters a plain torch
+optimizer trains and whose ``state_dict`` is the checkpoint (``module_local_params=True``).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Annotated, Any, Mapping
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from .._typing import Component, ComponentSpec, PositiveInt, Shape, Tensor
+from ..guides.base import AmortizedGuide
+from ..nets import Decoder, Networks
+from ..registry import REGISTRY, register
+from .likelihoods import Likelihood
+
+
+class Generative(nn.Module):
+    """p(z) p(x|z) as a Pyro program: ``forward(x)`` scores a batch ``x`` of shape ``(B, *event)``."""
+
+    def __init__(self, prior: nn.Module, decoder: Decoder, likelihood: Likelihood) -> None:
+        super().__init__()
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.kl_weight = 1.0
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> None:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else nullcontext()
+            with scale:
+                z = pyro.sample("z", self.prior())
+            if cond is not None:
+                z = torch.cat([z, cond.expand(*z.shape[:-1], cond.shape[-1])], dim=-1)
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+
+class VAE(nn.Module):
+    """Holds the model/guide pair and the conveniences figures and users need.
+
+    Example::
+
+        vae = build_model(resolved_spec, dataset)
+        loss = pyro.infer.Trace_ELBO()(vae.model, vae.guide)   # an nn.Module
+    """
+
+    def __init__(self, model: Generative, guide: AmortizedGuide) -> None:
+        super().__init__()
+        self.model = model
+        self.guide = guide
+
+    @property
+    def latent_dim(self) -> int:
+        return self.guide.latent_dim
+
+    def set_kl_weight(self, beta: float) -> None:
+        """beta of beta-VAE: weights log p(z) - log q(z|x) (the KL term) in every estimator."""
+        self.model.kl_weight = float(beta)
+        self.guide.kl_weight = float(beta)
+
+    def cond(self, y: Tensor | None) -> Tensor | None:
+        """The conditioning tensor for a batch of labels (None for an unconditional VAE)."""
+        return None
+
+    @torch.no_grad()
+    def decode_mean(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is not None:
+            z = torch.cat([z, cond], dim=-1)
+        return self.model.likelihood.mean(self.model.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """E[x|z] at the posterior mean of q(z|x)."""
+        c = self.cond(y)
+        q = self.guide.dist(x, c)
+        return self.decode_mean(q.mean, c)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """E[x|z] for ``n`` draws z ~ p(z)."""
+        z = self.model.prior().sample((n,))
+        return self.decode_mean(z, self.cond(y))
+
+    @torch.no_grad()
+    def posterior_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.guide.dist(x, self.cond(y)).mean
+
+
+@register("model", "vae", context=("event_shape", "guide", "num_classes"))
+def vae(
+    *,
+    event_shape: Shape,
+    guide: Mapping[str, Any],
+    num_classes: int = 0,
+    latent_dim: PositiveInt = 50,
+    network: Annotated[ComponentSpec, Component("network")] = {"kind": "mlp"},  # noqa: B006
+    prior: Annotated[ComponentSpec, Component("prior")] = {"kind": "standard_normal"},  # noqa: B006
+    likelihood: Annotated[ComponentSpec, Component("likelihood")] = {"kind": "bernoulli"},  # noqa: B006
+) -> VAE:
+    """Variational autoencoder p(z) p(x|z) with an amortized guide q(z|x) (Kingma & Welling 2014)."""
+    lik: Likelihood = REGISTRY.build("likelihood", likelihood, event_shape=event_shape)
+    nets: Networks = REGISTRY.build(
+        "network", network, event_shape=event_shape, latent_dim=latent_dim, out_params=lik.num_params, cond_dim=0
+    )
+    p = REGISTRY.build("prior", prior, latent_dim=latent_dim)
+    q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
+    return VAE(Generative(p, nets.decoder, lik), q)
+
+
+def build_model(resolved: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> VAE:
+    """Build the model/guide pair of a resolved spec for data of ``event_shape``."""
+    return REGISTRY.build(
+        "model", resolved["model"], event_shape=tuple(event_shape), guide=resolved["guide"], num_classes=num_classes
+    )

@@ -1,0 +1,144 @@
+"""Figures for a run: loss curves (terms on separate axes), reconstructions, samples, latent plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ._typing import Shape, Tensor  # noqa: E402
+from .data import Dataset  # noqa: E402
+from .models.vae import VAE  # noqa: E402
+
+
+def as_images(x: Tensor, event_shape: Shape) -> np.ndarray | None:
+    """``(N, *event_shape)`` -> ``(N, H, W)`` or ``(N, H, W, 3)`` in [0, 1], or None if not images."""
+    x = x.detach().float().cpu()
+    if len(event_shape) == 3 and event_shape[0] in (1, 3):
+        imgs = x.reshape(len(x), *event_shape)
+        imgs = imgs[:, 0] if event_shape[0] == 1 else imgs.permute(0, 2, 3, 1)
+    else:
+        d = math.prod(event_shape)
+        side = math.isqrt(d)
+        if side * side != d:
+            return None
+        imgs = x.reshape(len(x), side, side)
+    return imgs.clamp(0, 1).numpy()
+
+
+def tile(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
+    """Arrange ``rows * cols`` images into one array with ``pad`` pixels of white between them."""
+    n, h, w = images.shape[:3]
+    extra = images.shape[3:]
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, *extra), dtype=np.float32)
+    for i in range(min(n, rows * cols)):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
+    return grid
+
+
+def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, title: str = "", row_labels: Sequence[str] = ()) -> None:
+    grid = tile(images, rows, cols)
+    h, w = grid.shape[:2]
+    fig, ax = plt.subplots(figsize=(max(3.0, w / 28 * 0.9), max(2.0, h / 28 * 0.9 + 0.4)))
+    ax.imshow(grid, cmap="Greys_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        step = images.shape[1] + 1
+        ax.set_yticks([1 + step * i + images.shape[1] / 2 for i in range(len(row_labels))], list(row_labels))
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def loss_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Train loss and test -ELBO, then the reconstruction and KL terms, each on its own axes."""
+    ep = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(ep, [r["train_loss"] for r in history], label="train loss (-ELBO)")
+    if "test_elbo" in history[0]:
+        axes[0].plot(ep, [-r["test_elbo"] for r in history], label="test -ELBO")
+    if "valid_elbo" in history[0]:
+        axes[0].plot(ep, [-r["valid_elbo"] for r in history], label="valid -ELBO", alpha=0.7)
+    axes[0].set_title("loss (nats / data point)")
+    axes[0].legend()
+    if "test_reconstruction" in history[0]:
+        axes[1].plot(ep, [-r["test_reconstruction"] for r in history], color="C2")
+        axes[1].set_title("test reconstruction  -E[log p(x|z)]")
+        axes[2].plot(ep, [r["test_kl"] for r in history], color="C3")
+        axes[2].set_title("test KL(q(z|x) || p(z))")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latent_scatter(means: Tensor, labels: Tensor | None, path: Path, title: str = "test set: posterior means") -> None:
+    m = means.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    if labels is not None and not labels.dtype.is_floating_point:
+        sc = ax.scatter(m[:, 0], m[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(m[:, 0], m[:, 1], s=6, alpha=0.6)
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def manifold(vae: VAE, event_shape: Shape, path: Path, n: int = 15, cond: Tensor | None = None) -> None:
+    """Seed 002's figure: decode a grid of standard-normal quantiles norm.ppf(linspace(.05, .95, n))."""
+    from scipy.stats import norm
+
+    q = torch.as_tensor(norm.ppf(np.linspace(0.05, 0.95, n)), dtype=torch.float32)
+    dev = next(vae.parameters()).device
+    zy, zx = torch.meshgrid(q, q, indexing="ij")
+    z = torch.stack([zx.flatten(), zy.flatten()], -1).to(dev)
+    imgs = as_images(vae.decode_mean(z, None if cond is None else cond.expand(len(z), -1)), event_shape)
+    if imgs is not None:
+        save_grid(imgs, n, n, path, title="decoded normal-quantile grid of z")
+
+
+@torch.no_grad()
+def run_figures(vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write every figure for a trained run into ``out``; returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae.eval()
+    written: list[Path] = []
+    if history:
+        loss_curves(history, out / "loss.png")
+        written.append(out / "loss.png")
+    x, y = ds.x_test[:16], (None if ds.y_test is None else ds.y_test[:16])
+    imgs = as_images(torch.cat([x, vae.reconstruct(x, y)]), ds.event_shape)
+    if imgs is not None:
+        save_grid(imgs, 2, len(x), out / "reconstructions.png", "test inputs (top) and reconstructions (bottom)")
+        written.append(out / "reconstructions.png")
+    samples = as_images(vae.sample(64), ds.event_shape)
+    if samples is not None:
+        save_grid(samples, 8, 8, out / "samples.png", "E[x|z] for z ~ p(z)")
+        written.append(out / "samples.png")
+    if vae.latent_dim == 2:
+        means = vae.posterior_mean(ds.x_test, ds.y_test)
+        latent_scatter(means, ds.y_test, out / "latent.png")
+        manifold(vae, ds.event_shape, out / "manifold.png")
+        written += [out / "latent.png", out / "manifold.png"]
+    vae.train()
+    return written

@@ -1,0 +1,346 @@
+"""The declarative experiment spec: load, override, validate, resolve defaults.
+
+A spec is plain data (YAML). :func:`resolve` checks every key and value against the registry's
+factory signatures and the small config dataclasses below, fills in every default, and returns plain
+dicts/lists/scalars, which is what ``config.yaml`` in a run directory holds. Nothing is built here and
+validation has no side effects.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+
+from ._typing import (
+    Binarize,
+    Component,
+    Interval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
+from .errors import SpecError
+from .registry import REGISTRY, Param, signature_params
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:`` section: the optimization budget and where it runs."""
+
+    epochs: NonNegativeInt = 30  # passes over the training split
+    batch_size: PositiveInt = 64  # data points per SVI step
+    lr: PositiveFloat = 1e-3  # learning rate of the torch optimizer
+    optimizer: Literal["adam", "adamw", "nadam", "sgd"] = "adam"  # nadam: seed 002's choice
+    weight_decay: NonNegativeFloat = 0.0  # decoupled for adamw, L2 otherwise
+    momentum: Annotated[float, Interval(0, 1, high_open=True)] = 0.0  # sgd only
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
+    progress: bool = True  # tqdm progress bar with the running loss
+    figures: bool = True  # write RUN_DIR/figures/*.png after training
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Settings every dataset accepts, next to ``data.name`` and the dataset's own parameters."""
+
+    binarize: Binarize = "none"  # static: sampled once (seeded); dynamic: resampled every batch
+    valid_size: NonNegativeFloat = 0.1  # < 1: fraction of the training split held out; >= 1: a count
+    limit: NonNegativeInt = 0  # > 0: keep only the first N training points (quick trials)
+
+
+@dataclass(frozen=True)
+class ElboOptions:
+    """Settings every estimator accepts, next to ``elbo.kind``."""
+
+    beta: NonNegativeFloat = 1.0  # KL weight: scales log p(z) - log q(z|x) only (beta-VAE)
+
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "name": "digits-vae",
+    "seed": 0,
+    "data": {"name": "digits"},
+    "model": {
+        "kind": "vae",
+        "latent_dim": 2,
+        "network": {"kind": "mlp", "hidden": [256, 128], "activation": "relu"},
+        "prior": {"kind": "standard_normal"},
+        "likelihood": {"kind": "bernoulli"},
+    },
+    "guide": {"kind": "diagonal_normal"},
+    "elbo": {"kind": "trace"},
+    "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3},
+}
+
+_TOP = ("name", "seed", "data", "model", "guide", "elbo", "train")
+_SECTIONS: dict[str, Any] = {"train": TrainConfig}
+
+
+def load(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Read a YAML spec (or return a copy of :data:`DEFAULT_SPEC` when ``path`` is None).
+
+    Keys missing from the file fall back to the default spec section by section: a file with only
+    ``elbo: {kind: iwae}`` trains the default model with IWAE.
+    """
+    spec = copy.deepcopy(DEFAULT_SPEC)
+    if path is None:
+        return spec
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {_one_line(e)}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {str(p)!r} is not a text file") from None
+    if raw is None:
+        return spec
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {str(p)!r} must hold a mapping of sections ({', '.join(_TOP)})")
+    for k, v in raw.items():
+        if isinstance(v, dict) and isinstance(spec.get(k), dict) and _same_kind(spec[k], v):
+            spec[k] = _merge(spec[k], v)
+        else:
+            spec[k] = v
+    return spec
+
+
+def _same_kind(default: dict[str, Any], new: dict[str, Any]) -> bool:
+    key = "name" if "name" in default else "kind"
+    return key not in new or new[key] == default.get(key)
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and _same_kind(out[k], v) else v
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def apply_overrides(spec: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``[1, 2]``, ``true``, ``1e-3``)."""
+    spec = copy.deepcopy(spec)
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise SpecError(f"--set {item!r}: empty key segment in {key!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise SpecError(f"--set {key}: value {text!r} is not valid YAML: {_one_line(e)}") from None
+        node: Any = spec
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(nxt, dict):
+                if isinstance(node, dict) and part in node and node[part] is not None:
+                    raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return spec
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(ann)
+        extra = [m.describe() for m in meta if isinstance(m, Interval)]
+        comp = [f"a {m.group} spec" for m in meta if isinstance(m, Component)]
+        if comp:
+            return comp[0]
+        return _describe(base) + (f" {extra[0]}" if extra else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_describe(a) for a in typing.get_args(ann))
+    if origin in (list, tuple) or origin is typing.Sequence:
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if ann is type(None):
+        return "null"
+    return getattr(ann, "__name__", str(ann))
+
+
+def check_value(key: str, value: Any, ann: Any) -> Any:
+    """Return ``value`` coerced to ``ann`` (int -> float, tuple -> list) or raise :class:`SpecError`."""
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(ann)
+        for m in meta:
+            if isinstance(m, Component):
+                return resolve_component(m.group, value, key)
+        out = check_value(key, value, base)
+        for m in meta:
+            if isinstance(m, Interval) and isinstance(out, (int, float)) and not m.contains(out):
+                raise SpecError(f"{key}: {value!r} is out of range; must be {m.describe()}")
+        return out
+    if origin is Literal:
+        choices = typing.get_args(ann)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices if c == value):
+            raise SpecError(f"{key}: {value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for arm in typing.get_args(ann):
+            try:
+                return check_value(key, value, arm)
+            except SpecError as e:
+                errors.append(e)
+        if len(errors) == 1 or all("out of range" not in str(e) for e in errors):
+            raise SpecError(f"{key}: {value!r} is not valid; expected {_describe(ann)}")
+        raise next(e for e in errors if "out of range" in str(e))
+    if origin in (list, tuple) or origin is typing.Sequence:
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{key}: {value!r} is not valid; expected {_describe(ann)}")
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return [check_value(f"{key}[{i}]", v, args[0]) if args else v for i, v in enumerate(value)]
+    if ann is type(None):
+        if value is not None:
+            raise SpecError(f"{key}: {value!r} is not valid; expected null")
+        return None
+    if ann is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{key}: {value!r} is not valid; expected true or false")
+        return value
+    if ann is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise SpecError(f"{key}: {value!r} is not valid; expected an integer")
+        return value
+    if ann is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{key}: {value!r} is not valid; expected a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SpecError(f"{key}: {value!r} is not valid; expected a finite number")
+        return float(value)
+    if ann is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{key}: {value!r} is not valid; expected a string")
+        return value
+    if ann is Any:
+        return copy.deepcopy(value)
+    if origin in (dict, Mapping) or ann in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise SpecError(f"{key}: {value!r} is not valid; expected a mapping")
+        return copy.deepcopy(value)
+    raise TypeError(f"{key}: unsupported annotation {ann!r}")  # a programming error, not user input
+
+
+def _resolve_params(key: str, raw: Mapping[str, Any], params: dict[str, Param], skip: tuple[str, ...]) -> dict[str, Any]:
+    unknown = [k for k in raw if k not in params and k not in skip]
+    if unknown:
+        valid = ", ".join(sorted(params)) or "none"
+        raise SpecError(f"{key}.{unknown[0]}: unknown key; valid keys: {valid}")
+    out: dict[str, Any] = {}
+    for name, p in params.items():
+        if name in raw:
+            value = raw[name]
+        elif p.required:
+            raise SpecError(f"{key}.{name}: required key is missing ({_describe(p.annotation)})")
+        else:
+            value = p.default
+            if value is None:
+                out[name] = None
+                continue
+        out[name] = check_value(f"{key}.{name}", _plain(value), p.annotation)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def resolve_component(group: str, raw: Any, key: str) -> dict[str, Any]:
+    """Validate one ``{kind: NAME, ...}`` mapping (a bare string is shorthand for ``{kind: NAME}``)."""
+    kind_key = "name" if group == "data" else "kind"
+    if isinstance(raw, str):
+        raw = {kind_key: raw}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{key}: expected a mapping with '{kind_key}', got {raw!r}")
+    if kind_key not in raw:
+        raise SpecError(f"{key}.{kind_key}: required; valid choices: {', '.join(REGISTRY.names(group))}")
+    entry = REGISTRY.get(group, raw[kind_key], key=f"{key}.{kind_key}")
+    params = {**REGISTRY.common(group), **entry.params}
+    out = {kind_key: entry.name}
+    out.update(_resolve_params(key, raw, params, skip=(kind_key,)))
+    if entry.check is not None:
+        try:
+            entry.check(out)
+        except SpecError as e:
+            raise SpecError(f"{key}.{e}") from None
+    return out
+
+
+def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a whole spec and fill in every default; raises :class:`SpecError` on the first problem."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"spec must be a mapping of sections ({', '.join(_TOP)})")
+    unknown = [k for k in spec if k not in _TOP]
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown top-level key; valid keys: {', '.join(_TOP)}")
+    out: dict[str, Any] = {}
+    out["name"] = check_value("name", spec.get("name", DEFAULT_SPEC["name"]), str)
+    out["seed"] = check_value("seed", spec.get("seed", 0), typing.Annotated[int, Interval(0)])
+    for section in ("data", "model", "guide", "elbo"):
+        if section not in spec:
+            raise SpecError(f"{section}: section is missing")
+        out[section] = resolve_component(section, spec[section], section)
+    train = spec.get("train", {}) or {}
+    if not isinstance(train, Mapping):
+        raise SpecError(f"train: expected a mapping, got {train!r}")
+    out["train"] = _resolve_params("train", train, signature_params(TrainConfig), skip=())
+    return out
+
+
+def train_config(resolved: Mapping[str, Any]) -> TrainConfig:
+    return TrainConfig(**resolved["train"])
+
+
+def to_yaml(resolved: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(resolved), sort_keys=False, default_flow_style=None)
+
+
+def from_args(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load, override and resolve: the one call the CLI and :func:`pyro_vae.fit` make."""
+    return resolve(apply_overrides(load(path), list(overrides)))
+
+
+REGISTRY.set_common("data", DataOptions)
+REGISTRY.set_common("elbo", ElboOptions)
+
+__all__ = [
+    "DEFAULT_SPEC",
+    "DataOptions",
+    "ElboOptions",
+    "TrainConfig",
+    "apply_overrides",
+    "check_value",
+    "from_args",
+    "load",
+    "resolve",
+    "resolve_component",
+    "to_yaml",
+]

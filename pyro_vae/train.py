@@ -1,0 +1,284 @@
+"""The SVI loop: progress, per-epoch metrics, atomic checkpoints, resume.
+
+``fit`` is one short function over plain torch pieces: the estimator module
+``elbo(vae.model, vae.guide)``, a torch optimizer, index batches of an in-memory dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint, data as data_mod, spec as spec_mod
+from .data import Dataset
+from .errors import RunError, SpecError
+from .evaluate import point_terms, summarize
+from .models.vae import VAE, build_model
+from .registry import REGISTRY
+from .rundir import RunPaths, read_config, read_metrics, resolve_device
+
+pyro.settings.set(module_local_params=True)
+
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "nadam": torch.optim.NAdam,
+    "sgd": torch.optim.SGD,
+}
+#: train.* keys that may change when resuming; anything else would change the experiment.
+_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device")
+#: Consecutive non-finite steps tolerated before training stops.
+MAX_BAD_STEPS = 20
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns: the trained pair, where it lives and what it measured."""
+
+    vae: VAE
+    data: Dataset
+    config: dict[str, Any]
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLoss(RunError):
+    """Too many consecutive NaN/inf losses or gradients."""
+
+
+def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        kwargs["momentum"] = cfg.momentum
+    return _OPTIMIZERS[cfg.optimizer](params, **kwargs)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    gen.set_state(state["data"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def check_data(vae: VAE, ds: Dataset) -> None:
+    """Let the likelihood reject data it cannot score, before any training."""
+    for split in ("train", "valid", "test"):
+        x = getattr(ds, f"x_{split}")
+        if len(x):
+            vae.model.likelihood.check_data(x, f"the {split} split")
+
+
+def _prepare_dir(paths: RunPaths, resume: bool, force: bool) -> None:
+    if resume:
+        if not paths.checkpoint.is_file():
+            raise RunError(f"--resume: no checkpoint in {str(paths.root)!r}; start it without --resume")
+        return
+    if paths.root.exists() and any(paths.root.iterdir()):
+        if not force:
+            raise RunError(
+                f"run directory {str(paths.root)!r} already exists; use --resume to continue it or --force to overwrite"
+            )
+        for p in (paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.eval):
+            p.unlink(missing_ok=True)
+        shutil.rmtree(paths.figures, ignore_errors=True)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create run directory {str(paths.root)!r}: {e.strerror or e}") from None
+
+
+def _resolve_spec(spec: Any, overrides: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    if spec is None or isinstance(spec, (str, Path)):
+        return spec_mod.from_args(None if spec is None else str(spec), list(overrides))
+    return spec_mod.resolve(spec_mod.apply_overrides(dict(spec), list(overrides)))
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def fit(
+    spec: Any = None,
+    *,
+    overrides: tuple[str, ...] | list[str] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    callbacks: Mapping[str, list[Callable[..., None]]] | None = None,
+) -> FitResult:
+    """Train a VAE described by ``spec`` (a YAML path, a spec dict, or None for the default).
+
+    Writes the run directory (config.yaml, metrics.jsonl, checkpoint.pt, summary.json, figures/).
+    ``resume=True`` continues ``out`` from its checkpoint; only ``train.epochs`` and display
+    settings may change. Callbacks: ``{"on_epoch_end": [fn(record, vae)]}``.
+    """
+    hooks: defaultdict[str, list[Callable[..., None]]] = defaultdict(list, callbacks or {})
+    if resume:
+        if out is None:
+            raise RunError("--resume needs --out RUN_DIR")
+        saved = read_config(out)
+        cfg = spec_mod.resolve(spec_mod.apply_overrides(saved, list(overrides)))
+        changed = [k for k in cfg if k != "train" and cfg[k] != saved[k]]
+        changed += [f"train.{k}" for k in cfg["train"] if k not in _RESUMABLE and cfg["train"][k] != saved["train"][k]]
+        if changed:
+            raise SpecError(f"{changed[0]}: cannot change when resuming (only train.{', train.'.join(_RESUMABLE)})")
+    else:
+        cfg = _resolve_spec(spec, overrides)
+    paths = RunPaths(Path(out) if out is not None else default_run_dir(cfg["name"]))
+    tcfg = spec_mod.train_config(cfg)
+    device = resolve_device(tcfg.device)
+
+    pyro.set_rng_seed(cfg["seed"])
+    ds = data_mod.load(cfg["data"], device)
+    vae = build_model(cfg, ds.event_shape, ds.num_classes).to(device)
+    check_data(vae, ds)
+    vae.set_kl_weight(cfg["elbo"]["beta"])
+    loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
+    optimizer = make_optimizer(vae.parameters(), tcfg)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+
+    _prepare_dir(paths, resume, force)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume:
+        state = checkpoint.load(paths.checkpoint, map_location=device)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], gen)
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+    checkpoint.atomic_write_text(paths.config, spec_mod.to_yaml(cfg))
+
+    n = len(ds.x_train)
+    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    bar = tqdm(
+        total=steps_per_epoch * max(tcfg.epochs - start_epoch, 0),
+        disable=not tcfg.progress,
+        desc=cfg["name"],
+        unit="step",
+        dynamic_ncols=True,
+    )
+    bad_in_row = 0
+    skipped = int(history[-1].get("skipped_steps", 0)) if history else 0
+    vae.train()
+    for epoch in range(start_epoch + 1, tcfg.epochs + 1):
+        t0 = time.perf_counter()
+        total = torch.zeros((), device=device)
+        count = 0
+        for idx in data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device):
+            x = ds.x_train[idx]
+            if ds.binarize == "dynamic":
+                x = data_mod.binarize(x)
+            y = None if ds.y_train is None else ds.y_train[idx]
+            loss = loss_fn(x, vae.cond(y)) / len(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                bad_in_row += 1
+                skipped += 1
+                if bad_in_row >= MAX_BAD_STEPS:
+                    bar.close()
+                    raise NonFiniteLoss(
+                        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch}; "
+                        f"lower train.lr (now {tcfg.lr:g}) or check the likelihood scale; "
+                        f"the last good checkpoint is in {str(paths.checkpoint)!r}"
+                    )
+                bar.update(1)
+                continue
+            bad_in_row = 0
+            optimizer.step()
+            total += loss.detach() * len(idx)
+            count += len(idx)
+            bar.update(1)
+            if bar.n % 20 == 0 and tcfg.progress:
+                bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch, "train_loss": float(total) / max(count, 1), "seconds": seconds}
+        record.update(_epoch_eval(vae, ds))
+        record["skipped_steps"] = skipped
+        history.append(record)
+        bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
+        checkpoint.save(
+            paths.checkpoint,
+            {
+                "epoch": epoch,
+                "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(gen),
+                "history": history,
+                "config": spec_mod.to_yaml(cfg),
+            },
+        )
+        checkpoint.atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
+        for fn in hooks["on_epoch_end"]:
+            fn(record, vae)
+    bar.close()
+    if not paths.checkpoint.is_file():  # epochs: 0 still leaves a loadable run
+        checkpoint.save(
+            paths.checkpoint,
+            {"epoch": 0, "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
+             "history": history, "config": spec_mod.to_yaml(cfg)},
+        )  # fmt: skip
+    summary = _summary(vae, ds, history, tcfg)
+    checkpoint.atomic_write_text(paths.summary, json.dumps(summary, indent=2) + "\n")
+    if tcfg.figures:
+        from .plots import run_figures
+
+        run_figures(vae, ds, history, paths.figures)
+    return FitResult(vae, ds, cfg, paths.root, history, summary)
+
+
+@torch.no_grad()
+def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
+    """One-particle ELBO and its two terms on the test (and valid) split, for the curves."""
+    out: dict[str, float] = {}
+    for split in ("test", "valid"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if not len(x):
+            continue
+        t = point_terms(vae, x, y, num_particles=1)
+        out[f"{split}_elbo"] = float(t.elbo.mean())
+        if split == "test":
+            out["test_reconstruction"] = float(t.reconstruction.mean())
+            out["test_kl"] = float(t.kl.mean())
+    vae.train()
+    return out
+
+
+def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mod.TrainConfig) -> dict[str, Any]:
+    res = summarize(point_terms(vae, ds.x_test, ds.y_test, tcfg.eval_particles), "test", tcfg.eval_particles)
+    return {
+        "test_elbo": res.elbo,
+        "test_log_likelihood": res.log_likelihood,
+        "test_log_likelihood_stderr": res.log_likelihood_stderr,
+        "eval_particles": tcfg.eval_particles,
+        "test_kl": res.kl,
+        "test_reconstruction": res.reconstruction,
+        "active_units": res.active_units,
+        "epochs": history[-1]["epoch"] if history else 0,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "skipped_steps": history[-1]["skipped_steps"] if history else 0,
+    }
+
+
+__all__ = ["FitResult", "NonFiniteLoss", "fit", "make_optimizer", "read_metrics"]
