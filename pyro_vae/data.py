@@ -246,3 +246,6 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
         if mode == "static":
             x_tr = binarize(x_tr, g)
     return Dataset(name, x_tr, x_va, x_te, y_tr, y_va, y_te, mode, num_classes).to(device)
+
+
+from . import celeba as _celeba  # noqa: E402,F401  (registers data name celeba; reads this module's helpers)

@@ -157,10 +157,10 @@ def trace(*, num_particles: PositiveInt = 1) -> ELBO:
 
 @register("elbo", "meanfield")
 def meanfield(*, num_particles: PositiveInt = 1) -> ELBO:
-    """Pyro's TraceMeanField_ELBO: analytic KL(q||p) where it exists, Monte Carlo otherwise."""
-    return TraceMeanField_ELBO(
-        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=MAX_PLATE_NESTING
-    )
+    """Pyro's TraceMeanField_ELBO: analytic KL(q||p) where it exists, Monte Carlo otherwise (warned once)."""
+    from .divergences import MeanField_ELBO  # a TraceMeanField_ELBO that warns when it falls back
+
+    return MeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=MAX_PLATE_NESTING)
 
 
 @register("elbo", "iwae")

@@ -154,3 +154,51 @@ def conv(
         Encoder(enc, dense, cond_dim, activation),
         Decoder(dec, latent_dim + cond_dim, (out_params, c, h, w)),
     )
+
+
+@register("network", "conv64", context=("event_shape", "latent_dim", "out_params", "cond_dim"))
+def conv64(
+    *,
+    event_shape: Shape,
+    latent_dim: int,
+    out_params: int,
+    cond_dim: int = 0,
+    filters: list[PositiveInt] = (32, 32, 64, 64),  # type: ignore[assignment]  # one stride-2 4x4 conv each
+    dense: PositiveInt = 256,  # width of the dense layer after the convs
+    activation: Activation = "relu",
+) -> Networks:
+    """Conv encoder/decoder for 64x64 RGB faces (seed 003's CelebA VAE; Higgins et al. 2017's layout).
+
+    Each of the ``len(filters)`` stride-2 4x4 convs halves the image (64 -> 4 with four); the decoder
+    mirrors them with transposed convs. Works for any (C, H, W) with H, W divisible by 2^len(filters).
+    """
+    filters = list(filters)
+    n = len(filters)
+    if not filters:
+        raise SpecError("model.network.filters: needs at least one conv layer, e.g. [32, 32, 64, 64]")
+    if len(event_shape) != 3 or event_shape[1] % 2**n or event_shape[2] % 2**n:
+        raise SpecError(
+            f"model.network.kind: 'conv64' needs images (C, H, W) with H, W divisible by {2**n} "
+            f"({n} stride-2 layers); data has shape {tuple(event_shape)}; use kind: conv or mlp"
+        )
+    c, h, w = event_shape
+    hs, ws = h // 2**n, w // 2**n
+    act = _ACTIVATIONS[activation]
+    enc: list[nn.Module] = []
+    for a, b in zip([c, *filters[:-1]], filters):
+        enc += [nn.Conv2d(a, b, 4, stride=2, padding=1), act()]
+    enc += [nn.Flatten(), nn.Linear(filters[-1] * hs * ws, dense), act()]
+    dec: list[nn.Module] = [
+        nn.Linear(latent_dim + cond_dim, dense), act(),
+        nn.Linear(dense, filters[-1] * hs * ws), act(),
+        nn.Unflatten(1, (filters[-1], hs, ws)),
+    ]  # fmt: skip
+    rev = filters[::-1]
+    for i, (a, b) in enumerate(zip(rev, [*rev[1:], out_params * c])):
+        dec.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+        if i < n - 1:
+            dec.append(act())
+    return Networks(
+        Encoder(nn.Sequential(*enc), dense, cond_dim, activation),
+        Decoder(nn.Sequential(*dec), latent_dim + cond_dim, (out_params, c, h, w)),
+    )

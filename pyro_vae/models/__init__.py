@@ -1,7 +1,8 @@
 """Generative side p(z) p(x|z). Importing this package registers every model, prior and likelihood."""
 
-from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Likelihood
-from .priors import StandardNormal
+from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
+from .pixel import Categorical256, DiscretizedLogisticLikelihood
+from .priors import FlowPrior, LearnedNormal, MixturePrior, StandardNormal, VampPrior
 from .vae import VAE, Generative, build_model
 
 __all__ = [
@@ -14,3 +15,11 @@ __all__ = [
     "StandardNormal",
     "build_model",
 ]
+    # component zoo (issue #3)
+    "Categorical256",
+    "DiscretizedLogisticLikelihood",
+    "FlowPrior",
+    "Laplace",
+    "LearnedNormal",
+    "MixturePrior",
+    "VampPrior",

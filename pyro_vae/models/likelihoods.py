@@ -120,3 +120,37 @@ class Gaussian(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return self._param(params)
+
+
+@register("likelihood", "laplace", context=("event_shape",))
+class Laplace(Likelihood):
+    """Laplace(decoder location, b): an L1-type reconstruction; b fixed, ``learned`` or ``learned_per_feature``."""
+
+    def __init__(
+        self,
+        *,
+        event_shape: Shape,
+        scale: Union[PositiveFloat, Literal["learned", "learned_per_feature"]] = "learned",
+        min_scale: PositiveFloat = 1e-3,  # floor on b: keeps a learned scale from collapsing
+    ) -> None:
+        super().__init__(event_shape)
+        self.min_scale = min_scale
+        self.learned = isinstance(scale, str)
+        if scale == "learned":
+            self.raw_scale = nn.Parameter(torch.zeros(()))
+        elif scale == "learned_per_feature":
+            self.raw_scale = nn.Parameter(torch.zeros(self.event_shape))
+        else:
+            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+
+    def b(self) -> Tensor:
+        if self.learned:
+            return F.softplus(self.raw_scale + math.log(math.e - 1)) + self.min_scale  # starts at 1 + min
+        return self.fixed_scale
+
+    def forward(self, params: Tensor) -> dist.Distribution:
+        loc = self._param(params)
+        return self._event(dist.Laplace(loc, self.b().expand(loc.shape[-len(self.event_shape):])))
+
+    def mean(self, params: Tensor) -> Tensor:
+        return self._param(params)

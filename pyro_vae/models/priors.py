@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pyro.distributions as dist
-import torch
-from torch import nn
+import math
+from typing import Any, Literal
 
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from torch import nn
+from torch.nn import functional as F
+
+from .._typing import PositiveFloat, PositiveInt, Shape, Tensor
+from ..errors import SpecError
 from ..registry import register
 
 
@@ -20,3 +28,152 @@ class StandardNormal(nn.Module):
 
     def forward(self) -> dist.Distribution:
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+def _inv_softplus_one() -> float:
+    return math.log(math.e - 1.0)  # softplus(x + this) is 1 at x = 0
+
+
+@register("prior", "learned_normal", context=("latent_dim",))
+class LearnedNormal(nn.Module):
+    """N(mu, diag sigma^2) with learned mean and scale (starts at N(0, I)); analytic KL with Gaussian guides."""
+
+    def __init__(self, *, latent_dim: int, min_scale: PositiveFloat = 1e-3) -> None:
+        super().__init__()
+        self.min_scale = min_scale
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+
+    def scale(self) -> Tensor:
+        return F.softplus(self.raw_scale + _inv_softplus_one()) + self.min_scale
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale()).to_event(1)
+
+
+@register("prior", "mixture", context=("latent_dim",))
+class MixturePrior(nn.Module):
+    """Gaussian mixture with K learned weights, means and diagonal scales (TFP's VAE example: K=100).
+
+    No closed-form KL: ``meanfield`` uses Monte Carlo for the z term.
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int,
+        num_components: PositiveInt = 100,  # K; TFP's VAE example uses 100
+        init_spread: PositiveFloat = 1.0,  # means start as N(0, init_spread^2) draws
+        min_scale: PositiveFloat = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.min_scale = min_scale
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.loc = nn.Parameter(init_spread * torch.randn(num_components, latent_dim))
+        self.raw_scale = nn.Parameter(torch.zeros(num_components, latent_dim))
+
+    def forward(self) -> dist.Distribution:
+        scale = F.softplus(self.raw_scale + _inv_softplus_one()) + self.min_scale
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), dist.Normal(self.loc, scale).to_event(1))
+
+
+class EqualMixture(TorchDistribution):
+    """(1/K) sum_k q_k(z) for a batch-``(K,)`` distribution ``components`` with event shape ``(D,)``.
+
+    Unlike ``MixtureSameFamily`` the components only need ``log_prob`` on an explicitly expanded
+    value of shape ``(..., K, D)`` and ``rsample``/``sample``: any guide family (flows included) works.
+    """
+
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, components: dist.Distribution, batch_shape: torch.Size = torch.Size(), validate_args: Any = None):
+        self.components = components
+        self.num_components = components.batch_shape[-1]
+        super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=False)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> "EqualMixture":
+        return EqualMixture(self.components, torch.Size(batch_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        d = value.shape[-1]
+        v = value.unsqueeze(-2).expand(*value.shape[:-1], self.num_components, d)  # (..., K, D)
+        lp = self.components.log_prob(v)  # (..., K)
+        return torch.logsumexp(lp, -1) - math.log(self.num_components)
+
+    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            draws = self.components.sample(shape)  # (*shape, K, D)
+            k = torch.randint(self.num_components, shape, device=draws.device)
+            idx = k[..., None, None].expand(*shape, 1, draws.shape[-1])
+            return draws.gather(-2, idx).squeeze(-2)
+
+
+@register("prior", "vamp", context=("latent_dim", "event_shape", "guide"))
+class VampPrior(nn.Module):
+    """VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k) at K learned pseudo-inputs u_k.
+
+    The guide is shared with the inference side (not a submodule here, so it is saved once). No
+    closed-form KL: ``meanfield`` uses Monte Carlo for the z term.
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int,
+        event_shape: Shape,
+        guide: nn.Module,
+        num_components: PositiveInt = 100,  # K pseudo-inputs; the paper uses 500 on MNIST
+        init_mean: float = 0.5,  # pseudo-inputs start as N(init_mean, init_std^2) images
+        init_std: PositiveFloat = 0.1,
+    ) -> None:
+        super().__init__()
+        if getattr(guide, "is_point_mass", False):
+            raise SpecError(
+                f"model.prior.kind: 'vamp' mixes the guide's densities but guide {type(guide).__name__} is a point "
+                "mass (no density); use another prior or guide.kind: diagonal_normal"
+            )
+        self.latent_dim = latent_dim
+        self.pseudo_inputs = nn.Parameter(init_mean + init_std * torch.randn(num_components, *event_shape))
+        object.__setattr__(self, "guide", guide)  # a reference, not a registered submodule
+
+    def forward(self) -> dist.Distribution:
+        return EqualMixture(self.guide.dist(self.pseudo_inputs))
+
+
+_FLOWS = {
+    "affine_autoregressive": lambda d, hidden: T.affine_autoregressive(d, hidden_dims=hidden),
+    "spline_autoregressive": lambda d, hidden: T.spline_autoregressive(d, hidden_dims=hidden),
+    "spline_coupling": lambda d, hidden: T.spline_coupling(d, hidden_dims=hidden),
+}
+
+
+@register("prior", "flow", context=("latent_dim",))
+class FlowPrior(nn.Module):
+    """N(0, I) pushed through learned Pyro transforms (MAF direction: log p(z) costs one pass per layer).
+
+    Each layer is used inverted, so scoring z (what training needs) is the fast direction of Pyro's
+    autoregressive transforms and sampling is the sequential one. No closed-form KL.
+    """
+
+    def __init__(
+        self,
+        *,
+        latent_dim: int,
+        transform: Literal["affine_autoregressive", "spline_autoregressive", "spline_coupling"] = "affine_autoregressive",
+        num_flows: PositiveInt = 2,  # stacked layers
+        hidden: list[PositiveInt] = (64,),  # type: ignore[assignment]  # widths of each layer's network
+    ) -> None:
+        super().__init__()
+        if latent_dim < 2:
+            raise SpecError(f"model.prior.kind: 'flow' needs latent_dim >= 2, got {latent_dim}; use learned_normal")
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        self.layers = nn.ModuleList([_FLOWS[transform](latent_dim, list(hidden)) for _ in range(num_flows)])
+
+    def forward(self) -> dist.Distribution:
+        # z = f_1^-1(... f_K^-1(eps)): log p(z) applies f_K o ... o f_1 (the fast, parallel direction).
+        inverted = [t.inv for t in reversed(self.layers)]
+        return dist.TransformedDistribution(dist.Normal(self.loc, self.scale).to_event(1), inverted)

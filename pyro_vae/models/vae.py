@@ -80,7 +80,7 @@ class VAE(nn.Module):
         """E[x|z] at the posterior mean of q(z|x)."""
         c = self.cond(y)
         q = self.guide.dist(x, c)
-        return self.decode_mean(q.mean, c)
+        return self.decode_mean(_mean(q), c)
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
@@ -90,7 +90,19 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def posterior_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.guide.dist(x, self.cond(y)).mean
+        return _mean(self.guide.dist(x, self.cond(y)))
+
+
+#: Draws behind the Monte Carlo posterior mean of a guide without a closed-form mean (a flow).
+MEAN_DRAWS = 64
+
+
+def _mean(q: Any) -> Tensor:
+    """E_q[z]: closed form where the family has one, else the average of MEAN_DRAWS draws (one at a time)."""
+    try:
+        return q.mean
+    except NotImplementedError:
+        return sum(q.sample() for _ in range(MEAN_DRAWS)) / MEAN_DRAWS
 
 
 @register("model", "vae", context=("event_shape", "guide", "num_classes"))
@@ -109,7 +121,6 @@ def vae(
     nets: Networks = REGISTRY.build(
         "network", network, event_shape=event_shape, latent_dim=latent_dim, out_params=lik.num_params, cond_dim=0
     )
-    p = REGISTRY.build("prior", prior, latent_dim=latent_dim)
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
     return VAE(Generative(p, nets.decoder, lik), q)
 
@@ -117,5 +128,7 @@ def vae(
 def build_model(resolved: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> VAE:
     """Build the model/guide pair of a resolved spec for data of ``event_shape``."""
     return REGISTRY.build(
+    # The guide is built first: a VampPrior mixes the guide's posteriors at learned pseudo-inputs.
+    p = REGISTRY.build("prior", prior, latent_dim=latent_dim, event_shape=event_shape, guide=q)
         "model", resolved["model"], event_shape=tuple(event_shape), guide=resolved["guide"], num_classes=num_classes
     )
