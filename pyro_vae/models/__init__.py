@@ -14,7 +14,6 @@ __all__ = [
     "Likelihood",
     "StandardNormal",
     "build_model",
-]
     # component zoo (issue #3)
     "Categorical256",
     "DiscretizedLogisticLikelihood",
@@ -23,3 +22,4 @@ __all__ = [
     "LearnedNormal",
     "MixturePrior",
     "VampPrior",
+]

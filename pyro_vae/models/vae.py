@@ -122,13 +122,13 @@ def vae(
         "network", network, event_shape=event_shape, latent_dim=latent_dim, out_params=lik.num_params, cond_dim=0
     )
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
+    # The guide is built first: a VampPrior mixes the guide's posteriors at learned pseudo-inputs.
+    p = REGISTRY.build("prior", prior, latent_dim=latent_dim, event_shape=event_shape, guide=q)
     return VAE(Generative(p, nets.decoder, lik), q)
 
 
 def build_model(resolved: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> VAE:
     """Build the model/guide pair of a resolved spec for data of ``event_shape``."""
     return REGISTRY.build(
-    # The guide is built first: a VampPrior mixes the guide's posteriors at learned pseudo-inputs.
-    p = REGISTRY.build("prior", prior, latent_dim=latent_dim, event_shape=event_shape, guide=q)
         "model", resolved["model"], event_shape=tuple(event_shape), guide=resolved["guide"], num_classes=num_classes
     )
