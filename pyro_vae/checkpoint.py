@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,42 @@ from .errors import RunError
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 1
+#: Test hook only: seconds to sleep inside every write of :func:`atomic_write_bytes`, so that a test
+#: can kill the process mid-write. Unset (the default) in normal use.
+SLOW_WRITE_ENV = "PYRO_VAE_TEST_SLOW_WRITE"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide runs from others
+
+
+class _SlowWriter:
+    """File wrapper that sleeps in each write (the :data:`SLOW_WRITE_ENV` test hook)."""
+
+    def __init__(self, f: Any, delay: float) -> None:
+        self._f, self._delay = f, delay
+
+    def write(self, b: Any) -> int:
+        n = self._f.write(b)
+        time.sleep(self._delay)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Delete temp files that a killed :func:`atomic_write_bytes` left behind in ``directory``."""
+    for p in Path(directory).glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -27,8 +64,10 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            delay = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+            write(_SlowWriter(f, delay) if delay > 0 else f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,15 +88,44 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    """Atomically write ``text``; a failing write raises :class:`RunError` and leaves the old file."""
+    try:
+        atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise RunError(f"cannot write {str(path)!r}: {e.strerror or e}; the previous version is intact") from None
+
+
+def check_finite(state: dict[str, Any], sections: tuple[str, ...] = ("model", "optimizer")) -> None:
+    """Raise :class:`RunError` naming the first NaN/inf floating tensor in ``state[section]``."""
+
+    def walk(obj: Any, where: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+                raise RunError(
+                    f"refusing to checkpoint NaN/inf values in {where}; the previous checkpoint is intact; "
+                    "lower train.lr or check the likelihood scale"
+                )
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}[{k!r}]")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    for section in sections:
+        if section in state:
+            walk(state[section], section)
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write a checkpoint; refuses non-finite parameters or optimizer state."""
+    check_finite(state)
     payload = {"format": FORMAT, "version": VERSION, **state}
     try:
         atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
-    except OSError as e:
-        raise RunError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; the previous checkpoint is intact") from None
+    except (OSError, RuntimeError) as e:  # torch.save reports a failing write as RuntimeError
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise RunError(f"cannot write checkpoint {str(path)!r}: {reason}; the previous checkpoint is intact") from None
 
 
 def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .errors import PyroVAEError
+from .interrupt import Interrupted
 from .registry import GROUPS
 
 
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM during train: checkpoint saved; 130 / 143
+        print(f"pyro-vae: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130

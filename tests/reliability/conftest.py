@@ -1,0 +1,84 @@
+"""Shared helpers for the reliability suite: tiny, fast runs on the embedded digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+#: A run that trains in a fraction of a second: 144 training points, 5 steps per epoch.
+TINY = [
+    "train.epochs=3",
+    "train.batch_size=32",
+    "train.progress=false",
+    "train.figures=false",
+    "train.eval_particles=3",
+    "data.limit=160",
+    "model.network.hidden=[16]",
+    "train.device=cpu",
+]
+
+#: Per-epoch numbers that must match exactly between an interrupted+resumed and a straight run.
+EXACT_KEYS = ("epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "valid_elbo", "skipped_steps")
+
+
+def without_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def summary_numbers(run_dir: Path) -> dict[str, Any]:
+    s = json.loads((Path(run_dir) / "summary.json").read_text())
+    return {k: v for k, v in s.items() if k != "train_seconds"}
+
+
+def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    from pyro_vae import checkpoint
+
+    return checkpoint.load(Path(run_dir) / "checkpoint.pt")["model"]
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env.pop("PYRO_VAE_TEST_SLOW_WRITE", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(**env),
+    )
+
+
+def one_clear_line(stderr: str) -> str:
+    """The CLI's error contract: exactly one non-empty line on stderr, no traceback."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
