@@ -117,6 +117,22 @@ def manifold(vae: VAE, event_shape: Shape, path: Path, n: int = 15, cond: Tensor
 
 
 @torch.no_grad()
+def traversal(vae: VAE, x: Tensor, event_shape: Shape, path: Path, n: int = 11, span: float = 3.0) -> None:
+    """Latent traversal (beta-VAE figures): one row per latent dimension d, decoding the posterior mean
+    of ``x`` (one point) with z_d replaced by values in [-span, span]; other coordinates fixed."""
+    z0 = vae.posterior_mean(x).reshape(-1)
+    d = z0.numel()
+    vals = torch.linspace(-span, span, n, device=z0.device)
+    z = z0.repeat(d, n, 1)  # (d, n, d)
+    for i in range(d):
+        z[i, :, i] = vals
+    imgs = as_images(vae.decode_mean(z.reshape(d * n, d)), event_shape)
+    if imgs is not None:
+        save_grid(imgs, d, n, path, f"latent traversal: z_d from {-span:g} to {span:g}, one row per dimension d",
+                  row_labels=[f"z{i}" for i in range(d)])  # fmt: skip
+
+
+@torch.no_grad()
 def run_figures(vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path) -> list[Path]:
     """Write every figure for a trained run into ``out``; returns the paths written."""
     out = Path(out)
@@ -131,14 +147,30 @@ def run_figures(vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path)
     if imgs is not None:
         save_grid(imgs, 2, len(x), out / "reconstructions.png", "test inputs (top) and reconstructions (bottom)")
         written.append(out / "reconstructions.png")
-    samples = as_images(vae.sample(64), ds.event_shape)
-    if samples is not None:
-        save_grid(samples, 8, 8, out / "samples.png", "E[x|z] for z ~ p(z)")
-        written.append(out / "samples.png")
-    if vae.latent_dim == 2:
+    conditional = getattr(vae, "conditional", False)
+    classes = getattr(vae, "num_classes", 0)
+    if classes:  # CVAE on labels: one row per class
+        y_grid = torch.arange(classes, device=x.device).repeat_interleave(10)
+        samples = as_images(vae.sample(len(y_grid), y_grid), ds.event_shape)
+        if samples is not None:
+            save_grid(samples, classes, 10, out / "samples.png", "E[x|z,y], z ~ p(z|y), one row per class y",
+                      row_labels=[str(c) for c in range(classes)])  # fmt: skip
+            written.append(out / "samples.png")
+    elif not conditional:  # a tensor-conditioned CVAE has no condition-free samples
+        samples = as_images(vae.sample(64), ds.event_shape)
+        if samples is not None:
+            save_grid(samples, 8, 8, out / "samples.png", "E[x|z] for z ~ p(z)")
+            written.append(out / "samples.png")
+    continuous = not getattr(vae.guide, "discrete", False)  # VQ-VAE codes are not a Euclidean latent
+    if vae.latent_dim == 2 and continuous:
         means = vae.posterior_mean(ds.x_test, ds.y_test)
         latent_scatter(means, ds.y_test, out / "latent.png")
-        manifold(vae, ds.event_shape, out / "manifold.png")
-        written += [out / "latent.png", out / "manifold.png"]
+        written.append(out / "latent.png")
+        if not conditional:
+            manifold(vae, ds.event_shape, out / "manifold.png")
+            written.append(out / "manifold.png")
+    if 2 < vae.latent_dim <= 16 and continuous and not conditional and ds.is_image:
+        traversal(vae, ds.x_test[:1], ds.event_shape, out / "traversal.png")
+        written.append(out / "traversal.png")
     vae.train()
     return written

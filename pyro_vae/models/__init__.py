@@ -4,9 +4,14 @@ from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Like
 from .pixel import Categorical256, DiscretizedLogisticLikelihood
 from .priors import FlowPrior, LearnedNormal, MixturePrior, StandardNormal, VampPrior
 from .vae import VAE, Generative, build_model
+from .cvae import CVAE, ClassMeanPrior, ConditionalPrior  # noqa: E402  (registers model kind cvae)
+from .vqvae import vqvae  # noqa: E402  (registers model kind vqvae)
 
 __all__ = [
+    "CVAE",
     "VAE",
+    "ClassMeanPrior",
+    "ConditionalPrior",
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",

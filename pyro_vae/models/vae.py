@@ -32,11 +32,15 @@ class Generative(nn.Module):
         self.likelihood = likelihood
         self.kl_weight = 1.0
 
+    def prior_dist(self, cond: Tensor | None = None) -> Any:
+        """p(z), or p(z|cond) for a prior marked ``conditional = True`` (CVAE priors take ``cond``)."""
+        return self.prior(cond) if getattr(self.prior, "conditional", False) else self.prior()
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> None:
         with pyro.plate("data", x.shape[0], dim=-1):
             scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else nullcontext()
             with scale:
-                z = pyro.sample("z", self.prior())
+                z = pyro.sample("z", self.prior_dist(cond))
             if cond is not None:
                 z = torch.cat([z, cond.expand(*z.shape[:-1], cond.shape[-1])], dim=-1)
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -85,8 +89,10 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """E[x|z] for ``n`` draws z ~ p(z)."""
-        z = self.model.prior().sample((n,))
-        return self.decode_mean(z, self.cond(y))
+        c = self.cond(y)
+        pz = self.model.prior_dist(c)
+        z = pz.sample() if pz.batch_shape else pz.sample((n,))
+        return self.decode_mean(z, c)
 
     @torch.no_grad()
     def posterior_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
