@@ -52,7 +52,7 @@ def _sample(a: argparse.Namespace) -> int:
     run = load_run(a.run_dir, device=a.device)
     y = None
     if a.label is not None:
-        if not run.data.num_classes or not hasattr(run.vae, "label_cond"):
+        if not run.data.num_classes or not getattr(run.vae, "num_classes", 0):  # a label-conditioned CVAE
             raise SpecError(f"--label {a.label}: this model is not conditional on a class label")
         if not 0 <= a.label < run.data.num_classes:
             raise SpecError(f"--label {a.label}: out of range; valid labels 0..{run.data.num_classes - 1}")
@@ -65,6 +65,19 @@ def _sample(a: argparse.Namespace) -> int:
     cols = min(a.num, 10)
     save_grid(imgs, -(-a.num // cols), cols, out, title=f"{a.num} samples" + ("" if y is None else f", label {a.label}"))
     print(f"written: {out}")
+    return 0
+
+
+def _diagnose(a: argparse.Namespace) -> int:
+    from .diagnostics import DiagnoseOptions, diagnose
+
+    opts = DiagnoseOptions(
+        points=a.points, samples=a.samples, nuts=a.nuts, chains=a.chains, warmup=a.warmup, draws=a.draws,
+        gap_points=a.gap_points, sbc=a.sbc, split=a.split, seed=a.seed,
+    )
+    d, paths = diagnose(a.run_dir, opts, out=a.out, device=a.device, log=lambda s: print(s, flush=True))
+    print(d.verdict())
+    print(f"written: {paths['json']}, {paths['netcdf']}, figures in {paths['khat_png'].parent}")
     return 0
 
 
@@ -101,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples_cli.png)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.set_defaults(func=_sample)
+
+    g = sub.add_parser("diagnose", help="posterior diagnostics: PSIS k-hat, NUTS reference, gaps, SBC (ArviZ)")
+    g.add_argument("run_dir")
+    g.add_argument("--points", type=int, default=500, help="data points scored by PSIS (default 500)")
+    g.add_argument("--samples", type=int, default=1000, help="S draws from q(z|x) per point (default 1000)")
+    g.add_argument("--nuts", type=int, default=3, help="M points with a NUTS reference posterior (default 3)")
+    g.add_argument("--chains", type=int, default=4, help="NUTS chains per point (default 4)")
+    g.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations (default 500)")
+    g.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (default 500)")
+    g.add_argument("--gap-points", type=int, default=20, help="points for the amortization gap (default 20)")
+    g.add_argument("--sbc", type=int, default=500, help="calibration simulations (default 500; 0 skips)")
+    g.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    g.set_defaults(func=_diagnose)
 
     c = sub.add_parser("components", help="list registered components and their parameters")
     c.add_argument("group", nargs="?", choices=list(GROUPS), metavar="KIND", help=f"one of: {', '.join(GROUPS)}")
