@@ -44,6 +44,7 @@ class TrainConfig:
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
     progress: bool = True  # tqdm progress bar with the running loss
     figures: bool = True  # write RUN_DIR/figures/*.png after training
+    fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
 
 
 @dataclass(frozen=True)

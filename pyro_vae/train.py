@@ -19,7 +19,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, data as data_mod, spec as spec_mod
+from . import checkpoint, data as data_mod, fastpath, spec as spec_mod
 from .data import Dataset
 from .errors import RunError, SpecError
 from .evaluate import point_terms, summarize
@@ -36,7 +36,7 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 #: train.* keys that may change when resuming; anything else would change the experiment.
-_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device")
+_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device", "fast_path")
 #: Consecutive non-finite steps tolerated before training stops.
 MAX_BAD_STEPS = 20
 
@@ -61,6 +61,8 @@ def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimi
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
         kwargs["momentum"] = cfg.momentum
+    params = list(params)
+    kwargs.update(fastpath.optimizer_options(_OPTIMIZERS[cfg.optimizer], params))  # fused update where available
     return _OPTIMIZERS[cfg.optimizer](params, **kwargs)
 
 
@@ -152,7 +154,10 @@ def fit(
     check_data(vae, ds)
     vae.set_kl_weight(cfg["elbo"]["beta"])
     loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
-    optimizer = make_optimizer(vae.parameters(), tcfg)
+    if tcfg.fast_path:  # same loss without Pyro's per-step tracing where supported (pyro_vae/fastpath.py)
+        loss_fn = fastpath.accelerate(loss_fn)
+    params = list(vae.parameters())
+    optimizer = make_optimizer(params, tcfg)
     gen = torch.Generator().manual_seed(cfg["seed"])
 
     _prepare_dir(paths, resume, force)
@@ -188,11 +193,9 @@ def fit(
             if ds.binarize == "dynamic":
                 x = data_mod.binarize(x)
             y = None if ds.y_train is None else ds.y_train[idx]
-            loss = loss_fn(x, vae.cond(y)) / len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), float("inf"))
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            # zero_grad, backward, optimizer.step() unless the loss or a gradient is NaN/inf (pyro_vae/fastpath.py)
+            loss, stepped = fastpath.train_step(loss_fn, optimizer, params, x, vae.cond(y), len(idx))
+            if not stepped:
                 bad_in_row += 1
                 skipped += 1
                 if bad_in_row >= MAX_BAD_STEPS:
@@ -205,8 +208,7 @@ def fit(
                 bar.update(1)
                 continue
             bad_in_row = 0
-            optimizer.step()
-            total += loss.detach() * len(idx)
+            total += loss * len(idx)
             count += len(idx)
             bar.update(1)
             if bar.n % 20 == 0 and tcfg.progress:
