@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, ClassVar
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
-from ._typing import PositiveInt, Tensor
+from ._typing import Interval, PositiveInt, Tensor, UnitInterval
 from .errors import SpecError
 from .registry import register
 
@@ -112,6 +115,10 @@ class LogWeightELBO(ELBO):
         """Per-data-point objective of shape ``(B,)`` (higher is better)."""
         raise NotImplementedError
 
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        # ELBO's abstract per-particle hook; this family draws all particles at once in log_terms.
+        raise NotImplementedError("LogWeightELBO draws its particles in log_terms")
+
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
         terms = log_terms(model, guide, args, kwargs, self.num_particles)
         return -self.objective(terms).sum()
@@ -179,3 +186,324 @@ def renyi(*, alpha: float = 0.5, num_particles: PositiveInt = 5) -> ELBO:
     """Renyi divergence bound (Li & Turner 2016) for any alpha != 1 (alpha=0: IWAE; alpha->1: ELBO)."""
     _alpha_not_one({"alpha": alpha})
     return Renyi_ELBO(alpha, num_particles)
+
+
+# --------------------------------------------------------------------------- issue #4: more estimators
+#
+# Every estimator below follows the conventions at the top of this module: the loss is summed over
+# the batch, beta is the z-site ``poutine.scale`` (it weights log p(z) - log q(z|x) inside each
+# particle's log-weight; ``site["scale"]`` is read at run time, so KL schedules work), and the
+# reported value is the bound itself even where the gradient comes from a surrogate.
+
+
+def _frozen(module: Callable[..., Any]) -> Callable[..., Any]:
+    """``module`` run with its parameters detached: same values, no gradient to them."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{module!r} must be an nn.Module to freeze its parameters (pyro_vae models and guides are)")
+    params = {name: p.detach() for name, p in module.named_parameters()}
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(module, params, args, kwargs, strict=False)
+
+    return run
+
+
+def _latent_sites(tr: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (n, s)
+        for n, s in tr.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    ]
+
+
+def _replay_trace(values: dict[str, Tensor], sites: list[tuple[str, dict[str, Any]]]) -> Any:
+    tr = poutine.Trace()
+    for name, site in sites:
+        tr.add_node(name, type="sample", is_observed=False, value=values[name], infer=site["infer"])
+    return tr
+
+
+@dataclass
+class StoppedTerms:
+    """:class:`LogTerms` with log q(z|x) evaluated at the guide's parameters *detached*.
+
+    ``roots[name] = (z, scale)``: the latent draw through which every pathwise gradient reaches the
+    guide (a copy of the reparameterized sample, so a gradient hook on it affects nothing else) and
+    the site's ``poutine.scale`` (beta).
+    """
+
+    terms: LogTerms
+    roots: dict[str, tuple[Tensor, Any]]
+
+
+def stopped_log_terms(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    num_particles: int,
+) -> StoppedTerms:
+    """K reparameterized draws z ~ q(z|x) and log-weights with the score term stopped.
+
+    log w_k = log p(x, z_k) - log q_{stop(phi)}(z_k|x): the value is the usual log-weight, but the
+    guide parameters phi get gradient only through z_k (the "path derivative" of Roeder et al. 2017
+    and Tucker et al. 2018). Needs a reparameterized guide whose ``log_prob`` can score a given z.
+    """
+    dim = -MAX_PLATE_NESTING - 1
+    live = poutine.trace(_vectorized(guide, num_particles, dim)).get_trace(*args, **kwargs)
+    sites = _latent_sites(live)
+    for name, site in sites:
+        if not getattr(site["fn"], "has_rsample", False):
+            raise ValueError(
+                f"latent site {name!r} is not reparameterized ({type(site['fn']).__name__}); "
+                "dreg, stl and piwae need a guide with rsample; use elbo.kind: score_function instead"
+            )
+    roots = {name: (site["value"].clone(), site["scale"]) for name, site in sites}
+    replay = _replay_trace({n: z for n, (z, _) in roots.items()}, sites)
+    terms = log_terms(model, poutine.replay(_frozen(guide), trace=replay), args, kwargs, num_particles)
+    return StoppedTerms(terms, roots)
+
+
+def _scale_grad(z: Tensor, factor: Tensor) -> None:
+    """Multiply the gradient reaching ``z`` (shape ``(K, B, *event)``) by ``factor`` ``(K, B)``."""
+    if z.requires_grad:
+        f = factor.reshape(factor.shape + (1,) * (z.dim() - factor.dim()))
+        z.register_hook(lambda g: g * f)
+
+
+class DReG_ELBO(LogWeightELBO):
+    """Doubly reparameterized gradients of the IWAE bound (Tucker, Lawson, Gu & Maddison 2018).
+
+    Value: L_K, the same bound as :class:`IWAE_ELBO`. Gradients: the model (decoder, prior) gets the
+    IWAE gradient sum_k w~_k grad log w_k; the guide gets
+
+        sum_k [(1 - beta) w~_k + beta w~_k^2] d log w_k / d z_k  d z_k / d phi
+
+    with log q scored at detached parameters and w~ the normalized weights. For beta = 1 this is
+    Tucker et al.'s w~^2 estimator; the (1 - beta) w~ part makes it unbiased for the beta-weighted
+    bound too (the score term it removes is scaled by beta). Unbiased, and its guide-gradient SNR does
+    not vanish as K grows (IWAE's falls like 1/sqrt(K), Rainforth et al. 2018).
+    One latent site only (a hierarchical guide needs the per-layer form of the estimator).
+    """
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles)
+        if len(st.roots) != 1:
+            raise NotImplementedError(f"dreg supports guides with one latent site, got {sorted(st.roots)}")
+        lw = st.terms.log_weight
+        w = torch.softmax(lw.detach(), dim=0)
+        for z, scale in st.roots.values():  # d(-L_K)/dz_k carries w~_k already: times (1 - beta) + beta w~_k
+            _scale_grad(z, (1.0 - scale) + scale * w)
+        return -iwae_bound(lw).sum()
+
+
+class STL_ELBO(LogWeightELBO):
+    """Sticking the landing (Roeder, Wu & Duvenaud 2017): the ELBO with the score term dropped.
+
+    Value: the K-sample average ELBO (the same as ``trace``). The guide gets only the path derivative
+    through z (log q scored at detached parameters): unbiased, since E_q[grad log q] = 0 for any beta,
+    and zero variance when q equals the posterior.
+    """
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles)
+        return -st.terms.log_weight.mean(0).sum()
+
+
+def miwae_bound(log_weight: Tensor, num_groups: int) -> Tensor:
+    """(1/M) sum_m L_K over M groups of K particles, from ``(M*K, B)`` log-weights."""
+    lw = log_weight.reshape(num_groups, -1, *log_weight.shape[1:])
+    return (torch.logsumexp(lw, dim=1) - math.log(lw.shape[1])).mean(0)
+
+
+class MIWAE_ELBO(LogWeightELBO):
+    """MIWAE(M, K) (Rainforth et al. 2018): the average of M independent IWAE bounds of K particles.
+
+    M=1 is IWAE; K=1 is the M-sample ELBO. ``num_particles`` here is K per group (M*K draws in all).
+    """
+
+    def __init__(self, num_particles: int, num_groups: int) -> None:
+        super().__init__(num_particles * num_groups)
+        self.num_groups = num_groups
+
+    def objective(self, terms: LogTerms) -> Tensor:
+        return miwae_bound(terms.log_weight, self.num_groups)
+
+
+class CIWAE_ELBO(LogWeightELBO):
+    """CIWAE (Rainforth et al. 2018): mix * ELBO + (1 - mix) * L_K on the same K draws.
+
+    mix = 1 is the K-sample ELBO (``trace``), mix = 0 is IWAE. (Called beta in the paper; here
+    ``mix``, since ``elbo.beta`` is the KL weight.)
+    """
+
+    def __init__(self, num_particles: int, mix: float) -> None:
+        super().__init__(num_particles)
+        self.mix = mix
+
+    def objective(self, terms: LogTerms) -> Tensor:
+        lw = terms.log_weight
+        return self.mix * lw.mean(0) + (1.0 - self.mix) * iwae_bound(lw)
+
+
+class PIWAE_ELBO(LogWeightELBO):
+    """PIWAE (Rainforth et al. 2018): the model trains on IWAE, the guide on MIWAE, same draws.
+
+    With M groups of K particles: the model (decoder, prior) parameters get the gradient of L_{MK}
+    (IWAE over all M*K draws) and the guide parameters the gradient of MIWAE(M, K) (K=1: the ELBO).
+    One surrogate loss carries both, so the ordinary optimizer and training loop work:
+
+        loss = -(L_MK[model live, draws and q frozen] + MIWAE[model frozen, guide live]
+                 - stop(MIWAE))
+
+    whose value is -L_MK. Parameters are grouped by the program they belong to (model vs guide).
+    """
+
+    def __init__(self, num_particles: int, num_groups: int) -> None:
+        super().__init__(num_particles * num_groups)
+        self.num_groups = num_groups
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        k = self.num_particles
+        guide_side = log_terms(_frozen(model), guide, args, kwargs, k)
+        sites = _latent_sites(guide_side.guide_trace)
+        replay = _replay_trace({n: s["value"].detach() for n, s in sites}, sites)
+        model_side = log_terms(model, poutine.replay(_frozen(guide), trace=replay), args, kwargs, k)
+        enc = miwae_bound(guide_side.log_weight, self.num_groups)
+        dec = iwae_bound(model_side.log_weight)
+        return -(dec + enc - enc.detach()).sum()
+
+
+class _NoRsample(TorchDistribution):
+    """``base`` drawn without a pathwise gradient (``has_rsample = False``), surviving ``expand``.
+
+    ``base.has_rsample_(False)`` would not do: ``Independent``/``TransformedDistribution`` expose it
+    as a read-only property and plates' ``expand`` drops the flag.
+    """
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+    has_rsample = False
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self.base.support
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> _NoRsample:
+        return _NoRsample(self.base.expand(batch_shape))
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        return self.base.sample(torch.Size(sample_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob(value)
+
+
+class _DetachedSampling(Messenger):
+    """Make every latent sample site of a program non-reparameterized (score-function gradients)."""
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if not (msg["is_observed"] or site_is_subsample(msg) or isinstance(msg["fn"], _NoRsample)):
+            msg["fn"] = _NoRsample(msg["fn"])
+
+
+class ScoreFunction_ELBO(TraceGraph_ELBO):
+    """Likelihood-ratio (REINFORCE) gradients of the ELBO via Pyro's ``TraceGraph_ELBO`` (seed 001).
+
+    The guide is run with every latent site made non-reparameterized, so the guide gets
+    grad log q(z|x) * (downstream cost - baseline), Rao-Blackwellized over the data plate; the model
+    gets the usual pathwise gradient. ``baseline=True`` subtracts a decaying average (``baseline_beta``)
+    of the per-point log-weight from every point's downstream cost; the average is kept in this
+    object rather than Pyro's global param store (whose entry has a fixed shape, which breaks when
+    the last batch is smaller). Two fixes over plain ``TraceGraph_ELBO``: a ``differentiable_loss``
+    (value: the ELBO; gradient: the surrogate) for ``elbo(model, guide)`` modules, and beta: Pyro
+    multiplies the score term by the site's scale, which is right for data subsampling but here would
+    weight the whole reconstruction term by beta, so the score function is taken unscaled (a test
+    checks the gradient's mean against the reparameterized one for beta != 1).
+    """
+
+    def __init__(self, num_particles: int = 1, baseline: bool = True, baseline_beta: float = 0.9) -> None:
+        super().__init__(num_particles=num_particles, max_plate_nesting=MAX_PLATE_NESTING, vectorize_particles=True)
+        self.baseline = baseline
+        self.baseline_beta = baseline_beta
+        self.average: float | None = None  # decaying average of the per-point log-weight
+        self._score: Tensor | float = 0.0  # sum of log q(z|x) over the last draws (the score function)
+
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        self._score = 0.0
+        for _, site in _latent_sites(guide_trace):
+            parts = site["score_parts"]
+            if not isinstance(parts.score_function, (int, float)):
+                site["score_parts"] = parts._replace(score_function=site["unscaled_log_prob"])
+                self._score = self._score + site["unscaled_log_prob"].sum()
+        return model_trace, guide_trace
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        elbo, surrogate = self._loss_and_surrogate_loss(model, _DetachedSampling()(guide), args, kwargs)
+        if self.baseline:
+            if self.average is not None:  # surrogate ELBO -= b * score: the cost minus b, per point
+                surrogate = surrogate + self.average * self._score / self.num_particles
+            mean = float(elbo.detach()) / max(_num_points(args), 1)
+            b = self.baseline_beta
+            self.average = mean if self.average is None else b * self.average + (1 - b) * mean
+        self._score = 0.0
+        loss = -elbo
+        return surrogate + (loss - surrogate).detach()
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
+
+
+def _num_points(args: tuple[Any, ...]) -> int:
+    return int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 1
+
+
+@register("elbo", "dreg")
+def dreg(*, num_particles: PositiveInt = 5) -> ELBO:
+    """IWAE bound L_K with doubly reparameterized guide gradients (Tucker et al. 2018)."""
+    return DReG_ELBO(num_particles)
+
+
+@register("elbo", "stl")
+def stl(*, num_particles: PositiveInt = 1) -> ELBO:
+    """ELBO with sticking-the-landing guide gradients: score term dropped (Roeder et al. 2017)."""
+    return STL_ELBO(num_particles)
+
+
+@register("elbo", "miwae")
+def miwae(*, num_particles: PositiveInt = 5, num_groups: PositiveInt = 2) -> ELBO:
+    """MIWAE(M, K): mean of M=num_groups IWAE bounds of K=num_particles draws (Rainforth et al. 2018)."""
+    return MIWAE_ELBO(num_particles, num_groups)
+
+
+@register("elbo", "ciwae")
+def ciwae(*, num_particles: PositiveInt = 5, mix: UnitInterval = 0.5) -> ELBO:
+    """CIWAE: mix * ELBO + (1 - mix) * IWAE on the same K draws (Rainforth et al. 2018's beta)."""
+    return CIWAE_ELBO(num_particles, mix)
+
+
+@register("elbo", "piwae")
+def piwae(*, num_particles: PositiveInt = 8, num_groups: PositiveInt = 8) -> ELBO:
+    """PIWAE: model on IWAE over M*K draws, guide on MIWAE(M, K) (Rainforth et al. 2018)."""
+    return PIWAE_ELBO(num_particles, num_groups)
+
+
+@register("elbo", "score_function")
+def score_function(
+    *,
+    num_particles: PositiveInt = 1,
+    baseline: bool = True,
+    baseline_beta: Annotated[float, Interval(0, 1, high_open=True)] = 0.9,
+) -> ELBO:
+    """Likelihood-ratio ELBO gradients (TraceGraph_ELBO), optional decaying-average baseline."""
+    return ScoreFunction_ELBO(num_particles, baseline, baseline_beta)

@@ -44,6 +44,13 @@ class TrainConfig:
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
     progress: bool = True  # tqdm progress bar with the running loss
     figures: bool = True  # write RUN_DIR/figures/*.png after training
+    # KL weight per step = elbo.beta * factor (pyro_vae/schedules.py). constant: 1; linear: warm-up
+    # 0 -> 1 over kl_steps steps (Bowman et al. 2016); cyclical: cycles of kl_steps steps, each ramping
+    # 0 -> 1 over its first kl_ramp fraction, then 1 (Fu et al. 2019). Reported bounds are unweighted.
+    kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"
+    kl_steps: NonNegativeInt = 1000  # linear: warm-up length; cyclical: cycle length (optimization steps)
+    kl_ramp: Annotated[float, Interval(0, 1)] = 0.5  # cyclical: fraction of each cycle spent ramping (R)
+    max_bad_steps: PositiveInt = 20  # NaN/inf loss or gradient: skip the step; stop after this many in a row
     fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
 
 
@@ -60,7 +67,7 @@ class DataOptions:
 class ElboOptions:
     """Settings every estimator accepts, next to ``elbo.kind``."""
 
-    beta: NonNegativeFloat = 1.0  # KL weight: scales log p(z) - log q(z|x) only (beta-VAE)
+    beta: PositiveFloat = 1.0  # KL weight: scales log p(z) - log q(z|x) only (beta-VAE); > 0 (poutine.scale)
 
 
 DEFAULT_SPEC: dict[str, Any] = {
@@ -152,6 +159,9 @@ def apply_overrides(spec: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 nxt = {}
                 node[part] = nxt
             node = nxt
+        if parts[-1] in ("kind", "name") and len(parts) > 1 and node.get(parts[-1]) not in (None, value):
+            # Switching a component's kind: the old kind's parameters would not fit the new one.
+            node.clear()
         node[parts[-1]] = value
     return spec
 
@@ -228,6 +238,11 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
             raise SpecError(f"{key}: {value!r} is not valid; expected an integer")
         return value
     if ann is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{key}: {value!r} is not valid; expected a number")
         if value != value or value in (float("inf"), float("-inf")):
