@@ -47,7 +47,8 @@ def tile(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
 def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, title: str = "", row_labels: Sequence[str] = ()) -> None:
     grid = tile(images, rows, cols)
     h, w = grid.shape[:2]
-    fig, ax = plt.subplots(figsize=(max(3.0, w / 28 * 0.9), max(2.0, h / 28 * 0.9 + 0.4)))
+    tile_in = 0.5 if images.shape[1] <= 16 else 0.8  # inches per image: small digits drawn larger
+    fig, ax = plt.subplots(figsize=(max(3.0, cols * tile_in + 0.6), max(2.0, rows * tile_in + 0.6)))
     ax.imshow(grid, cmap="Greys_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     if row_labels:
