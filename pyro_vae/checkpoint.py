@@ -32,16 +32,23 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide runs from others
 
 
-class _SlowWriter:
-    """File wrapper that sleeps in each write (the :data:`SLOW_WRITE_ENV` test hook)."""
+class _Writer:
+    """File wrapper that keeps the first OSError of a write (torch.save reports it as a vague
+    RuntimeError) and, under the :data:`SLOW_WRITE_ENV` test hook, sleeps in each write."""
 
     def __init__(self, f: Any, delay: float) -> None:
         self._f, self._delay = f, delay
+        self.error: OSError | None = None
 
     def write(self, b: Any) -> int:
-        n = self._f.write(b)
-        time.sleep(self._delay)
-        return n
+        try:
+            n = self._f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        if self._delay:
+            time.sleep(self._delay)
+        return n  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
@@ -66,8 +73,13 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            delay = float(os.environ.get(SLOW_WRITE_ENV) or 0)
-            write(_SlowWriter(f, delay) if delay > 0 else f)
+            w = _Writer(f, float(os.environ.get(SLOW_WRITE_ENV) or 0))
+            try:
+                write(w)
+            except Exception as e:
+                if w.error is not None and not isinstance(e, OSError):
+                    raise w.error from None  # the disk's reason, not the serializer's
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

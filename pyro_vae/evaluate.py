@@ -65,8 +65,10 @@ class EvalResult:
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
     def save(self, path: Any) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        """Write eval.json atomically; a failing write raises RunError and leaves the old file."""
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _posterior_mean(vae: VAE, x: Tensor, y: Tensor | None, draws: Tensor) -> Tensor:
