@@ -1,0 +1,429 @@
+"""Data-parallel training under ``torchrun``: process group, sharding, gradient all-reduce, noise.
+
+``torchrun --nproc_per_node=N -m pyro_vae train SPEC`` starts N copies of the ordinary ``train``
+command; :func:`context` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``) and joins the process group (NCCL on CUDA, gloo on CPU). Without
+those variables everything here is a no-op and ``fit`` runs as one process.
+
+What makes N processes train *the same model* as one process with the same global batch:
+
+- **Sharding.** Every rank draws the same seeded permutation, so every rank knows the global batch;
+  rank ``r`` takes the contiguous block ``r`` of it (:meth:`Context.shard`, sizes differ by at most
+  one, a ragged last batch included; a rank may get no rows at all).
+- **Loss normalisation.** Each rank divides its summed loss by the *global* batch size and the
+  gradients are **summed** across ranks (one flat all-reduce per step, :meth:`Context.all_reduce_step`),
+  so ``sum_r d(L_r / B) = d(L / B)``: exactly the single-process gradient, ragged batches included
+  (averaging over ranks, as DDP's default does, would weight a short shard wrongly). Parameters that
+  got no gradient on any rank keep ``grad=None``, as in one process (Adam then leaves them alone).
+- **Noise.** :class:`StepNoise` draws the Gaussian noise of every reparameterized sample site (and
+  dynamic binarization) for the *whole global batch* from a generator seeded by
+  ``(seed, epoch, step)``, and each rank keeps its own rows. The draws for data point ``i`` are
+  therefore the same whatever the world size (one process uses the same mechanism), and the runs
+  agree to float rounding (summation order). This covers every draw made through
+  ``torch.distributions``' standard-normal noise: Normal, MultivariateNormal, LowRankMultivariateNormal
+  and everything built on them (``to_event``, flows on a Normal base). Other draws (non-reparameterized
+  ``sample()``, Gamma/Beta/relaxed distributions) come from each rank's own torch stream
+  (rank 0: the single-process stream; rank r: a stream derived from ``(seed, rank)``): they are
+  independent across ranks and match a single process in distribution, not draw by draw.
+- **Rank 0 alone** reads and writes the run directory (config, checkpoint, metrics, summary,
+  figures) and computes the evaluation metrics; :meth:`Context.on_main` runs such a function on rank 0
+  and hands its result, or its error, to every rank, so a bad run directory stops all ranks with the
+  same one-line message instead of leaving them waiting.
+
+Gradients are combined by an explicit all-reduce after ``backward`` rather than by wrapping the
+estimator module in ``DistributedDataParallel``: the Pyro trace path stays untouched, the sum/global-B
+normalisation above is exact, and empty shards need no special casing. The result is the same
+synchronous data-parallel SGD as DDP (one bucket, no overlap of communication with backward).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pyro.poutine.messenger import Messenger
+
+from ._typing import Tensor
+from .errors import PyroVAEError, RunError
+
+T = TypeVar("T")
+
+#: The environment torchrun sets for every worker.
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: Name of the data plate shared by model and guide (see models/vae.py).
+DATA_PLATE = "data"
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        raise RunError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy's SeedSequence), the same on every machine."""
+    return int(
+        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0]
+        >> 1
+    )
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of a global batch of ``n`` that rank ``rank`` takes.
+
+    Contiguous blocks whose sizes differ by at most one (the first ``n % world_size`` ranks get one
+    more); a rank gets an empty block when ``n < world_size``.
+    """
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@dataclass
+class Context:
+    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    _held_signal: int | None = None  # a signal seen after a step's all-reduce (see _all_reduce_grads)
+    _noise: StepNoise | None = None  # the current step's noise (see noise, wrap_loss)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------ placement
+
+    def device(self, device: torch.device) -> torch.device:
+        """The training device of this rank: ``cuda:LOCAL_RANK`` for CUDA runs, else ``device``."""
+        if self.is_distributed and device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def shard(self, idx: Tensor) -> Tensor:
+        """This rank's rows of the global batch ``idx`` (all of it in one process)."""
+        if not self.is_distributed:
+            return idx
+        start, stop = shard_bounds(len(idx), self.rank, self.world_size)
+        return idx[start:stop]
+
+    # ------------------------------------------------------------------ synchronisation
+
+    def on_main(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on rank 0 only and return its result on every rank.
+
+        An error on rank 0 is raised on every rank: the same class for pyro-vae's own errors
+        (so the CLI prints the same one line and exits 2), a :class:`RunError` naming it otherwise.
+        """
+        if not self.is_distributed:
+            return fn(*args, **kwargs)
+        payload: list[Any] = [None]
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                payload = [("ok", fn(*args, **kwargs))]
+            except BaseException as e:  # noqa: BLE001 - handed to the other ranks, then re-raised
+                error = e
+                kind = type(e) if isinstance(e, PyroVAEError) else RunError
+                payload = [
+                    (
+                        "error",
+                        (kind, f"{e}" if isinstance(e, PyroVAEError) else f"rank 0 failed: {type(e).__name__}: {e}"),
+                    )
+                ]
+        dist.broadcast_object_list(payload, src=0)
+        status, value = payload[0]
+        if status == "ok":
+            return value  # type: ignore[no-any-return]
+        if error is not None:
+            raise error
+        kind, message = value
+        try:
+            raise kind(message)
+        except TypeError:  # an error class with a different constructor
+            raise RunError(message) from None
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (in place)."""
+        if not self.is_distributed:
+            return
+        with torch.no_grad():
+            for t in module.state_dict().values():
+                if isinstance(t, torch.Tensor):
+                    dist.broadcast(t, src=0)
+
+    def seed_rank(self, seed: int, epoch: int) -> None:
+        """Give ranks > 0 their own torch stream for draws :class:`StepNoise` does not cover.
+
+        Rank 0 keeps the stream a single process would have, so its evaluation draws match one.
+        """
+        if self.is_distributed and not self.is_main:
+            torch.manual_seed(derive_seed(seed, self.rank, epoch, 0x7F4A7C15))
+
+    def noise(self, seed: int, epoch: int, step: int, n_global: int) -> StepNoise:
+        """The noise of one step: draws for the global batch, this rank's rows kept.
+
+        It also becomes the noise the loss from :meth:`wrap_loss` draws with, until the next call.
+        """
+        start, stop = shard_bounds(n_global, self.rank, self.world_size)
+        self._noise = StepNoise(derive_seed(seed, epoch, step, 0x9E3779B9), n_global, start, stop)
+        return self._noise
+
+    def wrap_loss(self, loss_fn: Callable[..., Tensor], module: torch.nn.Module) -> SyncedLoss:
+        """``loss_fn`` drawing with the current step's noise and, under torchrun, synchronised.
+
+        In a distributed run the returned loss is the sum over ranks of their per-shard sums (so
+        ``loss / global_batch_size`` is the single-process value on every rank) and ``backward`` on
+        it ends with one flat all-reduce (sum) of ``module``'s gradients, whoever calls ``backward``
+        and ``optimizer.step`` (the training loop or a fused step function).
+        """
+        return SyncedLoss(loss_fn, module, self)
+
+    def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum gradients over ranks (one flat all-reduce with a has-gradient flag per parameter).
+
+        The same buffer carries a stop flag: a SIGINT/SIGTERM seen by any rank (pyro_vae.interrupt)
+        stops every rank after the same step; a signal that lands after this all-reduce is held
+        back until the next one, so no rank leaves the loop alone.
+        """
+        from . import interrupt
+
+        stop = interrupt.current()
+        signum = stop.signum or self._held_signal
+        device = params[0].device
+        parts = [
+            p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params
+        ]
+        flags = torch.tensor(
+            [p.grad is not None for p in params] + [signum is not None], dtype=torch.float32, device=device
+        )
+        flat = torch.cat(parts + [flags])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        has = flat[-1 - len(params) : -1].tolist()
+        offset = 0
+        for p, h in zip(params, has):
+            g = flat[offset : offset + p.numel()]
+            offset += p.numel()
+            p.grad = g.view_as(p).to(p.dtype).clone() if h > 0 else None
+        if float(flat[-1]) > 0:  # some rank was signalled: every rank stops after this step
+            stop.signum = signum or stop.signum or _SIGTERM
+            self._held_signal = None
+        elif stop.signum is not None:  # arrived after the all-reduce: hold it for the next step
+            self._held_signal, stop.signum = stop.signum, None
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+
+_CONTEXT: Context | None = None
+_SIGTERM = 15
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: the sum of ``local`` over ranks. Backward: identity for this rank's own term, and
+    queue the gradient all-reduce to run once autograd has accumulated every leaf gradient
+    (the mechanism DistributedDataParallel's reducer uses)."""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, sync: SyncedLoss) -> Tensor:  # type: ignore[override]
+        ctx.sync = sync
+        total = local.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        sync: SyncedLoss = ctx.sync
+        torch.autograd.Variable._execution_engine.queue_callback(sync.after_backward)
+        return grad, None
+
+
+class SyncedLoss(torch.nn.Module):
+    """``loss_fn`` under the current :class:`StepNoise`, summed over ranks (see :meth:`Context.wrap_loss`).
+
+    A rank whose shard is empty contributes zero (Pyro plates cannot have size 0) and still takes
+    part in both all-reduces.
+    """
+
+    def __init__(self, loss_fn: Callable[..., Tensor], module: torch.nn.Module, ctx: Context) -> None:
+        super().__init__()
+        self.inner = loss_fn
+        self.ctx = ctx
+        self._module = [module]  # not a submodule: parameters stay owned by the model
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        noise = self.ctx._noise
+        if len(x) == 0:
+            local = torch.zeros((), device=x.device, requires_grad=True)
+        elif noise is None:
+            local = self.inner(x, *args, **kwargs)
+        else:
+            with noise:
+                local = self.inner(x, *args, **kwargs)
+        if not self.ctx.is_distributed:
+            return local
+        return _SumOverRanks.apply(local, self)
+
+    def after_backward(self) -> None:
+        params = [p for p in self._module[0].parameters() if p.requires_grad]
+        if params:
+            self.ctx._all_reduce_grads(params)
+
+
+def context() -> Context:
+    """The process's :class:`Context`; joins torchrun's process group on first use when WORLD_SIZE > 1."""
+    global _CONTEXT
+    world = env_world_size()
+    if world == 1:
+        return Context()
+    if _CONTEXT is not None and dist.is_initialized():
+        return _CONTEXT
+    missing = [k for k in ENV_KEYS if k not in os.environ]
+    if missing:
+        raise RunError(f"WORLD_SIZE={world} but {', '.join(missing)} unset; launch with torchrun --nproc_per_node=N")
+    if not dist.is_available():
+        raise RunError("this torch build has no torch.distributed; run without torchrun")
+    if not dist.is_initialized():
+        use_nccl = (
+            torch.cuda.is_available() and dist.is_nccl_available() and os.environ.get("PYRO_VAE_DIST_BACKEND") != "gloo"
+        )
+        backend = os.environ.get("PYRO_VAE_DIST_BACKEND") or ("nccl" if use_nccl else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend=backend)
+        atexit.register(_destroy)
+    _CONTEXT = Context(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+    return _CONTEXT
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's global rank (0 outside torchrun)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0") or 0)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else env_world_size()
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the rank that writes files and prints."""
+    return rank() == 0
+
+
+# --------------------------------------------------------------------------- noise
+
+
+_NORMAL_MODULES = (
+    "torch.distributions.normal",
+    "torch.distributions.multivariate_normal",
+    "torch.distributions.lowrank_multivariate_normal",
+    "torch.distributions.studentT",
+)
+
+
+class StepNoise(Messenger):
+    """Pyro handler: Gaussian noise of unobserved sample sites drawn for the global batch.
+
+    Inside the handler, a site whose distribution draws its noise through torch's
+    ``_standard_normal`` (Normal and the families built on it) gets noise of the *global* batch
+    shape (the ``data`` plate's dim of size ``n_global``) from this step's generator; this rank keeps
+    rows ``[start, stop)``. Draws are made in program order with identical global shapes on every rank,
+    so the generator stays in step across ranks. :meth:`bernoulli` does the same for dynamic
+    binarization. With one rank (``start=0, stop=n_global``) it is just a seeded draw.
+    """
+
+    def __init__(self, seed: int, n_global: int, start: int, stop: int, device: Any = None) -> None:
+        super().__init__()
+        self.seed = seed
+        self.n_global, self.start, self.stop = n_global, start, stop
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    def _draw(self, shape: tuple[int, ...], dim: int | None, dtype: Any, device: Any) -> Tensor:
+        """Standard normal noise of ``shape``; ``dim`` (if given) is the data dim, drawn globally and sliced."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        gen = self.generator(device)
+        n_local = self.stop - self.start
+        if dim is None or not (0 <= dim < len(shape)) or shape[dim] != n_local:
+            return torch.randn(shape, generator=gen, dtype=dtype, device=device)
+        full = list(shape)
+        full[dim] = self.n_global
+        eps = torch.randn(full, generator=gen, dtype=dtype, device=device)
+        return eps.narrow(dim, self.start, n_local)
+
+    def bernoulli(self, p: Tensor) -> Tensor:
+        """Dynamic binarization of this rank's rows ``p`` (dim 0 = data), uniforms drawn globally."""
+        gen = self.generator(p.device)
+        u = torch.rand((self.n_global, *p.shape[1:]), generator=gen, dtype=p.dtype, device=p.device)
+        return (u[self.start : self.stop] < p).to(p.dtype)
+
+    def _pyro_sample(self, msg: Any) -> None:
+        if msg["done"] or msg["is_observed"] or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        frames = [f for f in msg["cond_indep_stack"] if f.name == DATA_PLATE and f.dim is not None]
+        event_dims = len(getattr(fn, "event_shape", ()))
+
+        def standard_normal(shape: Any, dtype: Any = None, device: Any = None) -> Tensor:
+            shape = tuple(int(s) for s in shape)
+            dim = len(shape) - event_dims + frames[0].dim if frames else None
+            return self._draw(shape, dim, dtype, device)
+
+        with _patched_standard_normal(standard_normal):
+            msg["value"] = fn(*msg["args"], **msg["kwargs"])
+        msg["done"] = True
+
+
+@contextmanager
+def _patched_standard_normal(fn: Callable[..., Tensor]) -> Iterator[None]:
+    import importlib
+
+    mods = [importlib.import_module(m) for m in _NORMAL_MODULES]
+    saved = [m._standard_normal for m in mods]  # type: ignore[attr-defined]
+    for m in mods:
+        m._standard_normal = fn  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved):
+            m._standard_normal = f  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "Context",
+    "StepNoise",
+    "SyncedLoss",
+    "context",
+    "derive_seed",
+    "env_world_size",
+    "is_main",
+    "rank",
+    "shard_bounds",
+    "world_size",
+]
