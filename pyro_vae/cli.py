@@ -23,10 +23,13 @@ def _train(a: argparse.Namespace) -> int:
 
     res = fit(a.spec, overrides=a.set or [], out=a.out, resume=a.resume, force=a.force)
     s = res.summary
-    print(
-        f"done: {s['epochs']} epochs in {s['train_seconds']:.1f}s; test ELBO {s['test_elbo']:.3f}, "
-        f"log p(x) >= {s['test_log_likelihood']:.3f} (K={s['eval_particles']}) nats/point\nrun directory: {res.run_dir}"
-    )
+    from .distributed import is_main
+
+    if is_main():  # under torchrun, rank 0 alone reports
+        print(
+            f"done: {s['epochs']} epochs in {s['train_seconds']:.1f}s; test ELBO {s['test_elbo']:.3f}, "
+            f"log p(x) >= {s['test_log_likelihood']:.3f} (K={s['eval_particles']}) nats/point\nrun directory: {res.run_dir}"
+        )
     return 0
 
 
