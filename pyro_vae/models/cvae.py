@@ -55,11 +55,14 @@ class CVAE(VAE):
         if self.num_classes:
             if y.dtype.is_floating_point:
                 raise ValueError("condition: label expects integer class labels, got a float tensor")
-            return F.one_hot(y.long(), self.num_classes).float()
-        c = y.float().reshape(len(y), -1)
+            return F.one_hot(y.long(), self.num_classes).to(self._dtype())
+        c = y.to(self._dtype()).reshape(len(y), -1)
         if c.shape[-1] != self.cond_dim:
             raise ValueError(f"conditioning tensor has {c.shape[-1]} features per point; the model expects {self.cond_dim}")
         return c
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
