@@ -92,6 +92,8 @@ def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 def _check_values(name: str, x: Tensor, split: str) -> None:
     if x.ndim < 2:
         raise DataError(f"{name}: x_{split} must have shape (N, features...) but has shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{name}: x_{split} has shape {tuple(x.shape)}: each point needs at least one feature")
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{name}: x_{split} holds {bad} NaN/inf values; clean the data first")
@@ -191,6 +193,8 @@ def npz(*, path: str) -> Splits:
     if missing:
         raise DataError(f"data.path: {str(p)!r} lacks {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}")
     for k, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # a zip member that is not an .npy array
+            raise DataError(f"data.path: {str(p)!r} member {k!r} is not a NumPy array")
         if a.dtype.kind not in "biuf":
             raise DataError(f"data.path: array {k!r} has dtype {a.dtype}; expected numbers")
     get = lambda k: _images(arrays[k]) if k in arrays else None  # noqa: E731
@@ -221,6 +225,10 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
     if raw.x_valid is not None:
         x_va = raw.x_valid.float()
         _check_values(name, x_va, "valid")
+        if len(x_va) and x_va.shape[1:] != x_tr.shape[1:]:
+            raise DataError(
+                f"{name}: x_train points have shape {tuple(x_tr.shape[1:])} but x_valid {tuple(x_va.shape[1:])}"
+            )
         y_va = _labels(name, raw.y_valid, len(x_va), "valid")
     else:
         vs = float(cfg.get("valid_size", 0.0))
@@ -233,6 +241,11 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
     num_classes = 0
     if y_tr is not None and not y_tr.dtype.is_floating_point:
         num_classes = int(max(int(y.max()) for y in (y_tr, y_te, y_va) if y is not None and len(y))) + 1
+        points = sum(len(y) for y in (y_tr, y_te, y_va) if y is not None)
+        if num_classes > max(1000, points):  # a one-hot of this width is a data error, not a model
+            raise DataError(
+                f"{name}: class labels must be 0..C-1, but the largest label is {num_classes - 1} for {points} points"
+            )
     mode = cfg.get("binarize", "none")
     if mode != "none":
         lo = min(float(x.min()) for x in (x_tr, x_va, x_te) if len(x))
