@@ -26,6 +26,7 @@ from .evaluate import point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import RunPaths, read_config, read_metrics, resolve_device
+from .schedules import kl_factor
 
 pyro.settings.set(module_local_params=True)
 
@@ -188,11 +189,15 @@ def fit(
         t0 = time.perf_counter()
         total = torch.zeros((), device=device)
         count = 0
+        kl_step = (epoch - 1) * steps_per_epoch  # global step for train.kl_schedule
         for idx in data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device):
             x = ds.x_train[idx]
             if ds.binarize == "dynamic":
                 x = data_mod.binarize(x)
             y = None if ds.y_train is None else ds.y_train[idx]
+            if tcfg.kl_schedule != "constant":  # beta times the schedule's factor (pyro_vae/schedules.py)
+                vae.set_kl_weight(cfg["elbo"]["beta"] * kl_factor(tcfg.kl_schedule, kl_step, tcfg.kl_steps, tcfg.kl_ramp))
+                kl_step += 1
             # zero_grad, backward, optimizer.step() unless the loss or a gradient is NaN/inf (pyro_vae/fastpath.py)
             loss, stepped = fastpath.train_step(loss_fn, optimizer, params, x, vae.cond(y), len(idx))
             if not stepped:
@@ -280,6 +285,8 @@ def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mo
         "train_seconds": sum(r["seconds"] for r in history),
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "skipped_steps": history[-1]["skipped_steps"] if history else 0,
+        # model-specific figures, e.g. VQ-VAE codebook usage/perplexity/dead codes (guide.extra_metrics)
+        **(vae.guide.extra_metrics(vae, ds.x_test) if hasattr(vae.guide, "extra_metrics") else {}),
     }
 
 
