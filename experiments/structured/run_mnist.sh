@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The MNIST runs behind experiments/README.md's "Conditional and structured models" section.
+# Needs MNIST under $PYRO_VAE_DATA (this project: /work/shared/data). OUT defaults to runs/structured.
+set -euo pipefail
+OUT=${1:-runs/structured}
+HERE=$(dirname "$0")
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+for b in 0.5 1 4; do
+  pyro-vae train "$HERE/beta_vae_mnist.yaml" --set elbo.beta=$b --set name=mnist-beta$b --set train.progress=false \
+    --out "$OUT/beta$b" --force
+done
+pyro-vae train "$HERE/cvae_mnist.yaml" --set train.progress=false --out "$OUT/cvae" --force
+pyro-vae sample "$OUT/cvae" --label 3 --num 20
+pyro-vae train "$HERE/vqvae_mnist.yaml" --set train.progress=false --out "$OUT/vqvae" --force
+python "$HERE/vq_figures.py" "$OUT/vqvae"
+python "$HERE/cvae_quadrants.py" "$OUT/quadrants" --epochs 5 --particles 100
