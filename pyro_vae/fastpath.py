@@ -45,6 +45,7 @@ from ._typing import Tensor
 from .estimators import IWAE_ELBO, Renyi_ELBO, iwae_bound
 from .guides.base import AmortizedGuide
 from .models import likelihoods
+from .models.priors import StandardNormal
 from .models.vae import Generative
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -159,7 +160,8 @@ def particle_terms(
     K = num_particles
     beta_q = guide.kl_weight if scaled else 1.0
     beta_p = model.kl_weight if scaled else 1.0
-    p = _prior(model, cond)
+    # the standard-normal prior needs no Distribution object except for a closed-form KL
+    p: Any = None if type(model.prior) is StandardNormal and not analytic_kl else _prior(model, cond)
     qn = _diag_normal(q)
     kl: Tensor | None = None
     latent: Tensor | None = None
@@ -193,8 +195,10 @@ def particle_terms(
     if not analytic_kl:
         if log_q is None:
             log_q = (-0.5 * eps.pow(2) - scale.log()).sum(-1) - loc.shape[-1] * _HALF_LOG_2PI
-        pn = _diag_normal(p)
-        if pn is not None:
+        pn = None if p is None else _diag_normal(p)
+        if p is None:  # N(0, I)
+            log_p = -0.5 * z.pow(2).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+        elif pn is not None:
             ploc, pscale = pn
             log_p = (-0.5 * ((z - ploc) / pscale).pow(2) - pscale.log()).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
         else:
@@ -262,24 +266,32 @@ def accelerate(loss_fn: Any) -> Any:
     return FastELBO(elbo, model, guide)  # type: ignore[arg-type]
 
 
+_ONES: dict[torch.device, Tensor] = {}
+
+
 def nonfinite(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
     """A 0-dim float tensor, > 0 iff ``loss`` or any gradient of ``params`` holds a NaN or inf.
 
     One fused pass over the gradients (the kernel AMP's GradScaler uses, with scale 1), instead of a
     norm per tensor; exact: it flags any non-finite element, never a large finite one.
     """
-    found = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(())
+    found = torch.isfinite(loss.detach()).logical_not().to(torch.float32)
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for p in params:
-        if p.grad is not None:
-            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        g = p.grad
+        if g is not None:
+            groups.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), grads in groups.items():
-        flag = torch.zeros((), device=device)
-        try:
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones((), device=device))
+        flag = found if device == found.device else torch.zeros((), device=device)
+        one = _ONES.get(device)
+        if one is None:
+            one = _ONES[device] = torch.ones((), device=device)
+        try:  # adds 1 to ``flag`` if any element is non-finite (and multiplies the grads by 1)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, one)
         except (AttributeError, RuntimeError, TypeError):  # no such kernel here: one sum per tensor
-            flag = (~torch.isfinite(torch.stack([g.sum() for g in grads]).sum())).to(torch.float32)
-        found = found + flag.to(found.device)
+            flag += torch.isfinite(torch.stack([g.sum() for g in grads]).sum()).logical_not()
+        if flag is not found:
+            found = found + flag.to(found.device)
     return found
 
 

@@ -282,3 +282,25 @@ def test_fit_with_and_without_the_fast_path_trains_the_same_model(tmp_path, tiny
     for a, b in zip(*runs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_elbo"] == pytest.approx(b["test_elbo"], rel=1e-4)
+
+
+class _ShiftedNormalPrior(nn.Module):
+    """A diagonal Normal prior other than N(0, I): takes the closed-form non-standard branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.linspace(-1, 1, LATENT))
+        self.raw = nn.Parameter(torch.full((LATENT,), 0.3))
+
+    def forward(self):
+        return dist.Normal(self.loc, torch.nn.functional.softplus(self.raw)).to_event(1)
+
+
+@pytest.mark.parametrize("name", ["trace3", "meanfield1", "iwae5"])
+def test_diagonal_normal_prior_with_parameters_matches(name):
+    vae = make_vae(prior=_ShiftedNormalPrior())
+    vae.set_kl_weight(0.5)
+    x, _ = batch()
+    (lf, gf), (lp, gp) = _both(ESTIMATORS[name](), vae, x, None)
+    assert torch.allclose(lf, lp, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(gf, gp))
