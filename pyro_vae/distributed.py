@@ -158,6 +158,14 @@ class Context:
         except TypeError:  # an error class with a different constructor
             raise RunError(message) from None
 
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (picklable objects; ``obj`` itself in one process)."""
+        if not self.is_distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]  # type: ignore[no-any-return]
+
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (in place)."""
         if not self.is_distributed:
