@@ -319,7 +319,8 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(f"{unknown[0]}: unknown top-level key; valid keys: {', '.join(_TOP)}")
     out: dict[str, Any] = {}
     out["name"] = check_value("name", spec.get("name", DEFAULT_SPEC["name"]), str)
-    out["seed"] = check_value("seed", spec.get("seed", 0), typing.Annotated[int, Interval(0)])
+    # numpy (seeded by pyro.set_rng_seed) takes seeds below 2**32
+    out["seed"] = check_value("seed", spec.get("seed", 0), typing.Annotated[int, Interval(0, 2**32 - 1)])
     for section in ("data", "model", "guide", "elbo"):
         if section not in spec:
             raise SpecError(f"{section}: section is missing")
