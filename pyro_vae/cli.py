@@ -15,6 +15,7 @@ from .registry import GROUPS
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)  # stays one line
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
