@@ -35,6 +35,7 @@ _BUILTIN_MODULES = (
     "pyro_vae.models",
     "pyro_vae.guides",
     "pyro_vae.estimators",
+    "pyro_vae.free_bits",
 )
 
 _MISSING = inspect.Parameter.empty
