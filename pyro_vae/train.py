@@ -27,6 +27,7 @@ from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import RunPaths, read_config, read_metrics, resolve_device
 from .schedules import kl_factor
+from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
 
 pyro.settings.set(module_local_params=True)
 
@@ -134,20 +135,21 @@ def fit(
     settings may change. Callbacks: ``{"on_epoch_end": [fn(record, vae)]}``.
     """
     hooks: defaultdict[str, list[Callable[..., None]]] = defaultdict(list, callbacks or {})
+    dctx = dist_mod.context()  # rank/world size under torchrun; one process otherwise
     if resume:
         if out is None:
             raise RunError("--resume needs --out RUN_DIR")
-        saved = read_config(out)
+        saved = dctx.on_main(read_config, out)
         cfg = spec_mod.resolve(spec_mod.apply_overrides(saved, list(overrides)))
         changed = [k for k in cfg if k != "train" and cfg[k] != saved[k]]
         changed += [f"train.{k}" for k in cfg["train"] if k not in _RESUMABLE and cfg["train"][k] != saved["train"][k]]
         if changed:
             raise SpecError(f"{changed[0]}: cannot change when resuming (only train.{', train.'.join(_RESUMABLE)})")
     else:
-        cfg = _resolve_spec(spec, overrides)
+        cfg = dctx.on_main(_resolve_spec, spec, overrides)
     paths = RunPaths(Path(out) if out is not None else default_run_dir(cfg["name"]))
     tcfg = spec_mod.train_config(cfg)
-    device = resolve_device(tcfg.device)
+    device = dctx.device(resolve_device(tcfg.device))
 
     pyro.set_rng_seed(cfg["seed"])
     ds = data_mod.load(cfg["data"], device)
@@ -160,24 +162,28 @@ def fit(
     params = list(vae.parameters())
     optimizer = make_optimizer(params, tcfg)
     gen = torch.Generator().manual_seed(cfg["seed"])
+    dctx.broadcast_module(vae)
 
-    _prepare_dir(paths, resume, force)
+    dctx.on_main(_prepare_dir, paths, resume, force)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume:
-        state = checkpoint.load(paths.checkpoint, map_location=device)
+        state = dctx.on_main(checkpoint.load, paths.checkpoint, map_location="cpu" if dctx.is_distributed else device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], gen)
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-    checkpoint.atomic_write_text(paths.config, spec_mod.to_yaml(cfg))
-
+    dctx.seed_rank(cfg["seed"], start_epoch)
+    if dctx.is_main:
+        checkpoint.atomic_write_text(paths.config, spec_mod.to_yaml(cfg))
+    # step noise + (under torchrun) loss summed over ranks, gradients all-reduced in backward:
+    loss_fn = dctx.wrap_loss(loss_fn, vae)
     n = len(ds.x_train)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
     bar = tqdm(
         total=steps_per_epoch * max(tcfg.epochs - start_epoch, 0),
-        disable=not tcfg.progress,
+        disable=not tcfg.progress or not dctx.is_main,
         desc=cfg["name"],
         unit="step",
         dynamic_ncols=True,
@@ -190,11 +196,13 @@ def fit(
         total = torch.zeros((), device=device)
         count = 0
         kl_step = (epoch - 1) * steps_per_epoch  # global step for train.kl_schedule
-        for idx in data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device):
-            x = ds.x_train[idx]
+        for step, idx in enumerate(data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device)):
+            mine = dctx.shard(idx)  # this rank's rows of the global batch idx (all of them in one process)
+            noise = dctx.noise(cfg["seed"], epoch, step, len(idx))  # per global row: world-size invariant draws
+            x = ds.x_train[mine]
             if ds.binarize == "dynamic":
-                x = data_mod.binarize(x)
-            y = None if ds.y_train is None else ds.y_train[idx]
+                x = noise.bernoulli(x)
+            y = None if ds.y_train is None else ds.y_train[mine]
             if tcfg.kl_schedule != "constant":  # beta times the schedule's factor (pyro_vae/schedules.py)
                 vae.set_kl_weight(cfg["elbo"]["beta"] * kl_factor(tcfg.kl_schedule, kl_step, tcfg.kl_steps, tcfg.kl_ramp))
                 kl_step += 1
@@ -220,11 +228,13 @@ def fit(
                 bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": float(total) / max(count, 1), "seconds": seconds}
-        record.update(_epoch_eval(vae, ds))
+        record.update(dctx.on_main(_epoch_eval, vae, ds))
+        record = dctx.broadcast(record)  # rank 0's timings everywhere: callbacks (budgets) decide alike
         record["skipped_steps"] = skipped
         history.append(record)
         bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
-        checkpoint.save(
+        dctx.on_main(
+            checkpoint.save,
             paths.checkpoint,
             {
                 "epoch": epoch,
@@ -235,22 +245,23 @@ def fit(
                 "config": spec_mod.to_yaml(cfg),
             },
         )
-        checkpoint.atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
+        dctx.on_main(checkpoint.atomic_write_text, paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
         for fn in hooks["on_epoch_end"]:
             fn(record, vae)
     bar.close()
-    if not paths.checkpoint.is_file():  # epochs: 0 still leaves a loadable run
-        checkpoint.save(
+    if not dctx.on_main(paths.checkpoint.is_file):  # epochs: 0 still leaves a loadable run
+        dctx.on_main(
+            checkpoint.save,
             paths.checkpoint,
             {"epoch": 0, "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
              "history": history, "config": spec_mod.to_yaml(cfg)},
         )  # fmt: skip
-    summary = _summary(vae, ds, history, tcfg)
-    checkpoint.atomic_write_text(paths.summary, json.dumps(summary, indent=2) + "\n")
+    summary = dctx.on_main(_summary, vae, ds, history, tcfg)
+    dctx.on_main(checkpoint.atomic_write_text, paths.summary, json.dumps(summary, indent=2) + "\n")
     if tcfg.figures:
         from .plots import run_figures
 
-        run_figures(vae, ds, history, paths.figures)
+        dctx.on_main(run_figures, vae, ds, history, paths.figures)
     return FitResult(vae, ds, cfg, paths.root, history, summary)
 
 
