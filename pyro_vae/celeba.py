@@ -5,7 +5,7 @@ Reads torchvision's layout under the data root (``data.root`` or ``$PYRO_VAE_DAT
     ROOT/celeba/img_align_celeba/*.jpg      the 202,599 aligned faces (any .jpg/.png works)
     ROOT/celeba/list_eval_partition.txt     optional: "NAME.jpg 0|1|2" = train/valid/test
 
-Decoding and cropping use torchvision (``torchvision.io``, ``transforms.v2.functional``), but not
+Decoding uses PIL and cropping/resizing torchvision (``transforms.v2.functional``), but not
 ``torchvision.datasets.CelebA`` itself, which also insists on attribute/landmark files and their MD5
 sums that a generative model does not need. ``download: true`` asks torchvision to fetch the files
 (Google Drive; usually rate-limited). Without a partition file, a seeded 10% of the images is the
@@ -29,11 +29,12 @@ _SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def _load_image(path: Path, crop: int, size: int) -> Tensor:
     import torchvision.transforms.v2.functional as TF
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
 
     try:
-        img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
-    except Exception as e:  # RuntimeError on a corrupt file
+        with Image.open(path) as im:
+            img = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError on a corrupt file
         raise DataError(f"celeba: cannot decode image {str(path)!r} ({type(e).__name__}: {e})") from None
     side = min(crop, img.shape[-2], img.shape[-1])
     img = TF.center_crop(img, [side, side])

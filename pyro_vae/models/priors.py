@@ -146,7 +146,6 @@ class VampPrior(nn.Module):
 _FLOWS = {
     "affine_autoregressive": lambda d, hidden: T.affine_autoregressive(d, hidden_dims=hidden),
     "spline_autoregressive": lambda d, hidden: T.spline_autoregressive(d, hidden_dims=hidden),
-    "spline_coupling": lambda d, hidden: T.spline_coupling(d, hidden_dims=hidden),
 }
 
 
@@ -162,7 +161,8 @@ class FlowPrior(nn.Module):
         self,
         *,
         latent_dim: int,
-        transform: Literal["affine_autoregressive", "spline_autoregressive", "spline_coupling"] = "affine_autoregressive",
+        # spline_coupling is left out: Pyro 1.9's SplineCoupling failed our normalization test (mass 0.93).
+        transform: Literal["affine_autoregressive", "spline_autoregressive"] = "affine_autoregressive",
         num_flows: PositiveInt = 2,  # stacked layers
         hidden: list[PositiveInt] = (64,),  # type: ignore[assignment]  # widths of each layer's network
     ) -> None:
