@@ -67,6 +67,14 @@ def baseline_nll(net: nn.Module, xin: torch.Tensor, yout: torch.Tensor) -> torch
     return F.binary_cross_entropy_with_logits(net(xin), yout, reduction="none").sum(-1)
 
 
+def paste(observed: torch.Tensor, predicted: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Whole 28x28 images from the observed pixels and the predicted ones (mask ``m``: predicted)."""
+    img = torch.zeros(len(predicted), 784)
+    img[:, ~m] = observed
+    img[:, m] = predicted
+    return img.reshape(-1, 28, 28)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -89,7 +97,7 @@ def main() -> None:
         path = out / f"quadrants{q}.npz"
         # x: the pixels to predict (the CVAE's "data"), y: the observed pixels (its condition)
         np.savez(path, x_train=xtr[:, m].numpy(), y_train=xtr[:, ~m].numpy(), x_test=xte[:, m].numpy(),
-                 y_test=xte[:, ~m].numpy())  # fmt: skip
+                 y_test=xte[:, ~m].numpy())
         spec = {
             "name": f"mnist-cvae-quadrants{q}",
             "seed": a.seed,
@@ -99,11 +107,11 @@ def main() -> None:
                 "network": {"kind": "mlp", "hidden": [a.hidden]},
                 "prior": {"kind": "conditional", "hidden": [a.hidden]},
                 "likelihood": {"kind": "bernoulli"},
-            },  # fmt: skip
+            },
             "guide": {"kind": "diagonal_normal"},
             "elbo": {"kind": "trace"},
             "train": {"epochs": a.epochs, "batch_size": 128, "lr": 1e-3, "eval_particles": 1, "progress": False,
-                      "figures": False},  # fmt: skip
+                      "figures": False},
         }
         res = pyro_vae.fit(spec, out=out / f"cvae_q{q}", force=True)
         ds = res.data
@@ -131,14 +139,9 @@ def main() -> None:
         k = 8
         xs, ys = ds.x_test[:k], ds.y_test[:k]
 
-        def paste(pred: torch.Tensor) -> torch.Tensor:
-            img = torch.zeros(len(pred), 784)
-            img[:, ~m] = ys
-            img[:, m] = pred
-            return img.reshape(-1, 28, 28)
-
-        rows = [paste(torch.full_like(xs, 0.5)), paste(xs), paste(torch.sigmoid(net(ys)).detach())]
-        rows += [paste(res.vae.sample(k, ys)) for _ in range(3)]
+        preds = [torch.full_like(xs, 0.5), xs, torch.sigmoid(net(ys)).detach()]
+        preds += [res.vae.sample(k, ys) for _ in range(3)]
+        rows = [paste(ys, p, m) for p in preds]
         panels.append(torch.cat(rows))
     imgs = torch.cat(panels).numpy()
     labels = [f"q{q} {r}" for q in (1, 2, 3) for r in ("input", "truth", "baseline", "cvae", "cvae", "cvae")]

@@ -20,7 +20,8 @@ Unconditional priors (``standard_normal`` and the rest) work unchanged: they ign
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import pyro.distributions as dist
 import torch
@@ -85,6 +86,7 @@ class ClassMeanPrior(nn.Module):
     """N(mu_y, I): each class y has its own learned mean, unit variance (seed 004)."""
 
     conditional = True
+    scale: Tensor
 
     def __init__(self, *, latent_dim: int, cond_dim: int = 0) -> None:
         super().__init__()

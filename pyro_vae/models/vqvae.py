@@ -27,7 +27,7 @@ codebook usage, perplexity, dead codes and reconstruction error.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -66,6 +66,11 @@ class Codebook(nn.Module):
     Buffers: ``usage`` ``(P, K)``, an EMA of per-position code frequencies (the fitted categorical
     prior and the dead-code statistic); with ``ema=True`` also the EMA cluster sizes and sums.
     """
+
+    weight: Tensor  # (K, D): a Parameter, or a buffer with ema=True
+    usage: Tensor
+    cluster_size: Tensor
+    embed_sum: Tensor
 
     def __init__(self, num_codes: int, dim: int, positions: int, ema: bool, decay: float) -> None:
         super().__init__()
@@ -111,7 +116,7 @@ class CodebookPrior(dist.TorchDistribution):
     """Prior over code vectors: log_prob uniform (-P log K, what training uses); ``sample`` draws each
     position's index from ``logits`` ``(P, K)`` (uniform, or the fitted per-position categorical)."""
 
-    arg_constraints: dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.independent(constraints.real, 2)
     has_rsample = False
 
@@ -120,7 +125,7 @@ class CodebookPrior(dist.TorchDistribution):
         p, _ = logits.shape
         super().__init__(torch.Size(), torch.Size((p, weight.shape[-1])), validate_args=validate_args)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:  # type: ignore[override]
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:  # type: ignore[override]
         k = dist.Categorical(logits=self.logits).sample(torch.Size(sample_shape))  # (*shape, P)
         return self.weight.detach()[k]
 
