@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import time
 from collections import defaultdict
@@ -15,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, data as data_mod, fastpath, spec as spec_mod
+from . import checkpoint, data as data_mod, fastpath, interrupt, nonfinite, spec as spec_mod
 from .data import Dataset
 from .errors import RunError, SpecError
-from .evaluate import point_terms, summarize
+from .evaluate import PointTerms, point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import RunPaths, read_config, read_metrics, resolve_device
@@ -38,8 +40,8 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 #: train.* keys that may change when resuming; anything else would change the experiment.
-_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device", "fast_path")
-#: Consecutive non-finite steps tolerated before training stops.
+_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device", "max_bad_steps", "fast_path")
+#: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
 
 
@@ -55,8 +57,7 @@ class FitResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class NonFiniteLoss(RunError):
-    """Too many consecutive NaN/inf losses or gradients."""
+NonFiniteLoss = nonfinite.NonFiniteLoss  # too many NaN/inf steps in a row, or a NaN/inf held-out ELBO
 
 
 def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimizer:
@@ -69,7 +70,14 @@ def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimi
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "data": gen.get_state(),
+        "python": random.getstate(),  # tuples of ints: weights_only-safe
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_gauss), "cached_gaussian": float(np_cached)},
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -78,6 +86,11 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
 def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     gen.set_state(state["data"].cpu())
+    if "python" in state:
+        random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
@@ -91,9 +104,8 @@ def check_data(vae: VAE, ds: Dataset) -> None:
 
 
 def _prepare_dir(paths: RunPaths, resume: bool, force: bool) -> None:
-    if resume:
-        if not paths.checkpoint.is_file():
-            raise RunError(f"--resume: no checkpoint in {str(paths.root)!r}; start it without --resume")
+    if resume:  # killed before its first checkpoint: --resume starts it over from config.yaml
+        checkpoint.remove_stale_temps(paths.root)
         return
     if paths.root.exists() and any(paths.root.iterdir()):
         if not force:
@@ -119,6 +131,7 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@interrupt.handle_signals
 def fit(
     spec: Any = None,
     *,
@@ -167,17 +180,29 @@ def fit(
     dctx.on_main(_prepare_dir, paths, resume, force)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resume:
+    partial: dict[str, Any] | None = None  # where a SIGINT/SIGTERM stopped inside an epoch
+    stop = interrupt.current()
+    if resume and dctx.on_main(paths.checkpoint.is_file):
         state = dctx.on_main(checkpoint.load, paths.checkpoint, map_location="cpu" if dctx.is_distributed else device)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], gen)
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
+        try:
+            vae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"], gen)
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            partial = state.get("partial")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RunError(
+                f"checkpoint {str(paths.checkpoint)!r} does not match config.yaml ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]})"
+            ) from None
     dctx.seed_rank(cfg["seed"], start_epoch)
     if dctx.is_main:
         checkpoint.atomic_write_text(paths.config, spec_mod.to_yaml(cfg))
+    if resume and dctx.is_main:  # a kill between the checkpoint and metrics.jsonl leaves the latter one epoch behind
+        checkpoint.atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
     # step noise + (under torchrun) loss summed over ranks, gradients all-reduced in backward:
+    loss_fn = nonfinite.InvalidAsNaN(loss_fn)  # a distribution refusing NaN/inf parameters: a skipped step
     loss_fn = dctx.wrap_loss(loss_fn, vae)
     n = len(ds.x_train)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
@@ -195,8 +220,15 @@ def fit(
         t0 = time.perf_counter()
         total = torch.zeros((), device=device)
         count = 0
-        kl_step = (epoch - 1) * steps_per_epoch  # global step for train.kl_schedule
-        for step, idx in enumerate(data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device)):
+        done = 0  # steps of this epoch already taken before an interrupt (resume)
+        if partial is not None and partial["epoch"] == epoch:
+            total, count, done = partial["total"].to(device), int(partial["count"]), int(partial["steps"])
+            t0 -= float(partial["seconds"])
+            skipped, bad_in_row = int(partial["skipped"]), int(partial["bad_in_row"])
+            bar.update(done)
+        batches = data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device)
+        kl_step = (epoch - 1) * steps_per_epoch + done  # global step for train.kl_schedule
+        for step, idx in enumerate(stop.batches(gen, batches, skip=done), start=done):
             mine = dctx.shard(idx)  # this rank's rows of the global batch idx (all of them in one process)
             noise = dctx.noise(cfg["seed"], epoch, step, len(idx))  # per global row: world-size invariant draws
             x = ds.x_train[mine]
@@ -211,12 +243,15 @@ def fit(
             if not stepped:
                 bad_in_row += 1
                 skipped += 1
-                if bad_in_row >= MAX_BAD_STEPS:
+                if bad_in_row >= tcfg.max_bad_steps:
                     bar.close()
+                    last = f"the last good checkpoint is in {str(paths.checkpoint)!r}"
                     raise NonFiniteLoss(
-                        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch}; "
-                        f"lower train.lr (now {tcfg.lr:g}) or check the likelihood scale; "
-                        f"the last good checkpoint is in {str(paths.checkpoint)!r}"
+                        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch} "
+                        f"(train.max_bad_steps: {tcfg.max_bad_steps}); likely causes: a learning rate too large "
+                        f"(train.lr: {tcfg.lr:g}) or a likelihood scale that collapsed (model.likelihood: "
+                        f"{cfg['model'].get('likelihood', {}).get('kind', '?')}); "
+                        + (last if paths.checkpoint.is_file() else "no checkpoint was written")
                     )
                 bar.update(1)
                 continue
@@ -226,11 +261,26 @@ def fit(
             bar.update(1)
             if bar.n % 20 == 0 and tcfg.progress:
                 bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
+        if stop.requested:  # SIGINT/SIGTERM: save exactly this step, then exit 130/143
+            assert stop.signum is not None and stop.data_state is not None
+            part = {"epoch": epoch, "steps": stop.steps, "total": total.detach(), "count": count,
+                    "seconds": time.perf_counter() - t0, "skipped": skipped, "bad_in_row": bad_in_row}  # fmt: skip
+            dctx.on_main(
+                checkpoint.save,
+                paths.checkpoint,
+                {"epoch": epoch - 1, "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": {**_rng_state(gen), "data": stop.data_state}, "history": history,
+                 "config": spec_mod.to_yaml(cfg), "partial": part},
+            )  # fmt: skip
+            bar.close()
+            raise interrupt.Interrupted(stop.signum, paths.root)
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": float(total) / max(count, 1), "seconds": seconds}
+        # train_loss averages the steps taken; NaN (not 0) when every step of the epoch was skipped
+        record = {"epoch": epoch, "train_loss": float(total) / count if count else math.nan, "seconds": seconds}
         record.update(dctx.on_main(_epoch_eval, vae, ds))
         record = dctx.broadcast(record)  # rank 0's timings everywhere: callbacks (budgets) decide alike
         record["skipped_steps"] = skipped
+        nonfinite.check_record(record, cfg, paths.checkpoint)  # a blown-up model is never checkpointed
         history.append(record)
         bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
         dctx.on_main(
@@ -256,6 +306,8 @@ def fit(
             {"epoch": 0, "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
              "history": history, "config": spec_mod.to_yaml(cfg)},
         )  # fmt: skip
+    if stop.requested:  # a signal after the last epoch's checkpoint: resume only writes the summary
+        raise interrupt.Interrupted(stop.signum or 0, paths.root)
     summary = dctx.on_main(_summary, vae, ds, history, tcfg)
     dctx.on_main(checkpoint.atomic_write_text, paths.summary, json.dumps(summary, indent=2) + "\n")
     if tcfg.figures:
@@ -273,7 +325,13 @@ def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         if not len(x):
             continue
-        t = point_terms(vae, x, y, num_particles=1)
+        try:
+            t = point_terms(vae, x, y, num_particles=1)
+        except ValueError as e:  # parameters so large that a distribution gets NaN/inf arguments
+            if not nonfinite.is_invalid_values(e):
+                raise
+            nan = torch.full((len(x),), math.nan)
+            t = PointTerms(nan, nan, nan, nan, nan)
         out[f"{split}_elbo"] = float(t.elbo.mean())
         if split == "test":
             out["test_reconstruction"] = float(t.reconstruction.mean())
