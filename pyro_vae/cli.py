@@ -61,6 +61,8 @@ def _sample(a: argparse.Namespace) -> int:
         if not 0 <= a.label < run.data.num_classes:
             raise SpecError(f"--label {a.label}: out of range; valid labels 0..{run.data.num_classes - 1}")
         y = torch.full((a.num,), a.label, dtype=torch.long, device=next(run.vae.parameters()).device)
+    elif getattr(run.vae, "conditional", False) and not getattr(run.vae, "num_classes", 0):
+        raise SpecError("this CVAE is conditioned on a tensor (model.condition: tensor); sample it in Python: vae.sample(n, y)")
     imgs = as_images(run.vae.sample(a.num, y), run.data.event_shape)
     if imgs is None:
         raise SpecError(f"data of shape {run.data.event_shape} cannot be drawn as images")

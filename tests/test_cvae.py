@@ -146,3 +146,25 @@ def test_digits_spec_trains_figures_and_cli_samples_a_label(tmp_path: Path, caps
     assert (tmp_path / "s.png").is_file()
     assert main(["sample", str(tmp_path / "r"), "--label", "10"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_tensor_condition_trains_from_npz_and_cli_sampling_says_how(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=g.integers(0, 2, (64, 1, 4, 4)).astype("float32"),
+             y_train=g.random((64, 2, 3)).astype("float32"), x_test=g.integers(0, 2, (16, 1, 4, 4)).astype("float32"),
+             y_test=g.random((16, 2, 3)).astype("float32"))  # fmt: skip
+    spec = {
+        "data": {"name": "npz", "path": str(tmp_path / "d.npz")},
+        "model": {"kind": "cvae", "condition": "tensor", "cond_dim": 6, "latent_dim": 2,
+                  "network": {"kind": "mlp", "hidden": [8]}, "prior": {"kind": "conditional", "hidden": [8]}},
+        "guide": {"kind": "diagonal_normal"},
+        "elbo": {"kind": "trace"},
+        "train": {"epochs": 1, "progress": False, "eval_particles": 3},
+    }  # fmt: skip
+    res = fit(spec, out=tmp_path / "r")
+    assert math.isfinite(res.summary["test_log_likelihood"])
+    assert res.vae.sample(5, res.data.y_test[:5]).shape == (5, 1, 4, 4)
+    assert main(["sample", str(tmp_path / "r")]) == 2
+    assert "conditioned on a tensor" in capsys.readouterr().err
