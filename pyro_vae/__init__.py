@@ -16,6 +16,17 @@ from .evaluate import EvalResult, evaluate, point_terms  # noqa: E402
 from .guides import AmortizedGuide, DiagonalNormalGuide  # noqa: E402
 from .models import VAE, Bernoulli, ContinuousBernoulli, Gaussian, Generative, StandardNormal, build_model  # noqa: E402
 from .nets import conv, mlp  # noqa: E402
+from .guides import DeltaGuide, FlowGuide, FullRankGuide, LowRankGuide  # noqa: E402  (component zoo, #3)
+from .models import (  # noqa: E402  (component zoo, #3)
+    Categorical256,
+    DiscretizedLogisticLikelihood,
+    FlowPrior,
+    Laplace,
+    LearnedNormal,
+    MixturePrior,
+    VampPrior,
+)
+from .nets import conv64  # noqa: E402
 from .registry import REGISTRY, register  # noqa: E402
 from .rundir import load_run  # noqa: E402
 from .spec import DEFAULT_SPEC, resolve  # noqa: E402
@@ -24,6 +35,19 @@ from .train import FitResult, fit  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    # component zoo (#3)
+    "Categorical256",
+    "DeltaGuide",
+    "DiscretizedLogisticLikelihood",
+    "FlowGuide",
+    "FlowPrior",
+    "FullRankGuide",
+    "Laplace",
+    "LearnedNormal",
+    "LowRankGuide",
+    "MixturePrior",
+    "VampPrior",
+    "conv64",
     "DEFAULT_SPEC",
     "IWAE_ELBO",
     "REGISTRY",
