@@ -182,3 +182,39 @@ def test_resume_before_first_checkpoint_starts_over(tmp_path: Path) -> None:
     fit(out=out, resume=True)
     assert not (out / ".checkpoint.pt.abc.tmp").exists()
     _assert_same_run(ref, out)
+
+
+def test_second_signal_aborts_at_once_keeping_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    real = data_mod.batches
+    seen = [0]
+
+    def batches(*args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
+        for idx in real(*args, **kwargs):
+            seen[0] += 1
+            if seen[0] == 8:  # epoch 2, third batch: two Ctrl-C in a row
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            yield idx
+
+    monkeypatch.setattr(data_mod, "batches", batches)
+    with pytest.raises(KeyboardInterrupt):
+        fit(overrides=TINY, out=out)
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1  # the last one written, whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interrupted_run_can_be_evaluated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mid-epoch checkpoint is a normal checkpoint for evaluate/sample (epoch = completed epochs)."""
+    from pyro_vae import load_run
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _signal_at(m, 7, signal.SIGTERM)
+        with pytest.raises(Interrupted):
+            fit(overrides=TINY, out=out)
+    run = load_run(out, device="cpu")
+    assert run.epoch == 1
+    assert cli.main(["evaluate", str(out), "--particles", "3", "--device", "cpu"]) == 0
