@@ -1,0 +1,209 @@
+"""Training-step benchmark: pyro-vae's training step (the one ``fit`` runs) vs a hand-written PyTorch step.
+
+Variants, timed interleaved in one process on the same MNIST batches:
+
+- ``ours``: what ``fit`` does: ``REGISTRY.build("elbo")(model, guide)`` -> ``fastpath.accelerate`` ->
+  ``train.make_optimizer`` -> ``fastpath.train_step`` (non-finite guard included);
+- ``pyro``: the same with ``train.fast_path: false`` (Pyro traces every step; same optimizer and guard);
+- ``core``: the loop as the core had it before issue #7: Pyro traces, default (for-loop) Adam,
+  ``clip_grad_norm_(inf)`` + ``isfinite`` per step;
+- ``torch``: a hand-written PyTorch step with copies of the same networks (same initial weights),
+  the same Bernoulli likelihood, estimator and optimizer (``make_optimizer``'s Adam, fused where
+  available), no Pyro and no guard.
+
+Model: MLP VAE 784-400-50 (relu), diagonal-Normal guide, N(0, I) prior, Bernoulli likelihood, Adam
+lr 1e-3. Run: ``python benchmarks/bench_step.py --out benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MNIST_ROOT, interleaved, machine, write
+
+from pyro_vae import data as data_mod
+from pyro_vae import fastpath
+from pyro_vae import spec as spec_mod
+from pyro_vae.models.vae import build_model
+from pyro_vae.registry import REGISTRY
+from pyro_vae.train import make_optimizer
+
+ESTIMATORS = {
+    "trace": {"kind": "trace"},
+    "meanfield": {"kind": "meanfield"},
+    "iwae5": {"kind": "iwae", "num_particles": 5},
+    "iwae50": {"kind": "iwae", "num_particles": 50},
+}
+TARGETS = {20: 1.25, 128: 1.10, 1024: 1.10}
+IWAE50_TARGET = 1.2
+
+
+def spec(elbo: dict[str, Any], batch: int) -> dict[str, Any]:
+    return spec_mod.resolve(
+        {
+            "name": "bench",
+            "seed": 0,
+            "data": {"name": "mnist", "root": MNIST_ROOT},
+            "model": {"kind": "vae", "latent_dim": 50, "network": {"kind": "mlp", "hidden": [400], "activation": "relu"},
+                      "prior": {"kind": "standard_normal"}, "likelihood": {"kind": "bernoulli"}},
+            "guide": {"kind": "diagonal_normal"},
+            "elbo": elbo,
+            "train": {"batch_size": batch, "lr": 1e-3, "optimizer": "adam", "device": "cpu"},
+        }
+    )  # fmt: skip
+
+
+class TorchVAE(torch.nn.Module):
+    """The same networks as a plain module (weights copied), and the estimators written out by hand."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.enc = copy.deepcopy(vae.guide.encoder.body)
+        self.loc = copy.deepcopy(vae.guide.loc)
+        self.raw_scale = copy.deepcopy(vae.guide.raw_scale)
+        self.dec = copy.deepcopy(vae.model.decoder.body)
+        self.min_scale = vae.guide.min_scale
+
+    def loss(self, x: torch.Tensor, kind: str, K: int) -> torch.Tensor:
+        B = x.shape[0]
+        h = self.enc(x)
+        mu, s = self.loc(h), F.softplus(self.raw_scale(h)) + self.min_scale
+        eps = torch.randn(K, *mu.shape)
+        z = mu + s * eps  # (K, B, D)
+        logits = self.dec(z.reshape(K * B, -1)).reshape(K, B, -1)
+        rec = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, B, -1).expand_as(logits), reduction="none").sum(
+            -1
+        )
+        if kind == "meanfield":
+            kl = (0.5 * (s.pow(2) + mu.pow(2) - 1) - s.log()).sum(-1)
+            return -(rec.mean(0) - kl).sum()
+        log_w = rec + (-0.5 * z.pow(2)).sum(-1) - (-0.5 * eps.pow(2) - s.log()).sum(-1)  # log(2 pi) terms cancel
+        if kind == "iwae":
+            return -(torch.logsumexp(log_w, 0) - math.log(K)).sum()
+        return -log_w.mean(0).sum()
+
+
+def run_config(xs: torch.Tensor, est: str, batch: int, rounds: int, round_seconds: float) -> dict[str, Any]:
+    cfg = spec(ESTIMATORS[est], batch)
+    tcfg = spec_mod.train_config(cfg)
+    K = int(ESTIMATORS[est].get("num_particles", 1))
+    kind = ESTIMATORS[est]["kind"]
+    x_batches = [xs[i : i + batch] for i in range(0, len(xs) - batch + 1, batch)] or [xs[:batch]]
+    state = {"i": 0}
+
+    def nxt() -> torch.Tensor:
+        state["i"] = (state["i"] + 1) % len(x_batches)
+        return x_batches[state["i"]]
+
+    variants: dict[str, Any] = {}
+    for name in ("ours", "pyro", "core"):
+        torch.manual_seed(0)
+        vae = build_model(cfg, (1, 28, 28))
+        loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
+        if name == "ours":
+            loss_fn = fastpath.accelerate(loss_fn)
+            assert isinstance(loss_fn, fastpath.FastELBO)
+        params = list(vae.parameters())
+        if name == "core":
+            opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+            def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params) -> None:
+                x = nxt()
+                loss = loss_fn(x, None) / len(x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                g = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+                if torch.isfinite(loss) and torch.isfinite(g):
+                    opt.step()
+        else:
+            opt = make_optimizer(params, tcfg)
+
+            def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params) -> None:
+                x = nxt()
+                fastpath.train_step(loss_fn, opt, params, x, None, len(x))
+
+        variants[name] = step
+        if name == "ours":
+            ref_vae = vae
+    tv = TorchVAE(ref_vae)
+    topt = make_optimizer(list(tv.parameters()), tcfg)
+
+    def torch_step() -> None:
+        x = nxt()
+        loss = tv.loss(x, kind, K) / len(x)
+        topt.zero_grad(set_to_none=True)
+        loss.backward()
+        topt.step()
+
+    variants["torch"] = torch_step
+    res = interleaved(variants, rounds, round_seconds)
+    t = res["torch"]["median_s"]
+    out = {"estimator": est, "batch": batch, "K": K, "optimizer": type(topt).__name__,
+           "fused": bool(topt.defaults.get("fused")), "variants": res}  # fmt: skip
+    out["steps_per_s"] = {k: 1.0 / v["median_s"] for k, v in res.items()}
+    out["ratio_vs_torch"] = {k: v["median_s"] / t for k, v in res.items()}
+    return out
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| estimator | batch | ours steps/s | torch steps/s | ours / torch | target | met | pyro path / torch | core loop / torch |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|",
+    ]
+    for r in results:
+        target = IWAE50_TARGET if r["estimator"] == "iwae50" else TARGETS[r["batch"]]
+        ratio = r["ratio_vs_torch"]["ours"]
+        lines.append(
+            f"| {r['estimator']} | {r['batch']} | {r['steps_per_s']['ours']:.1f} | {r['steps_per_s']['torch']:.1f} | "
+            f"{ratio:.3f} | <= {target:.2f} | {'yes' if ratio <= target else 'no'} | "
+            f"{r['ratio_vs_torch']['pyro']:.3f} | {r['ratio_vs_torch']['core']:.3f} |"
+        )
+    return (
+        "\n".join(lines)
+        + "\n\nRatios are of median step times (lower is better; < 1: faster than the hand-written step).\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--round-seconds", type=float, default=0.25)
+    ap.add_argument("--batches", default="20,128,1024")
+    ap.add_argument("--estimators", default=",".join(ESTIMATORS))
+    ap.add_argument("--name", default="step")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    info = machine(args.threads)
+    ds = data_mod.load(
+        {"name": "mnist", "root": MNIST_ROOT, "binarize": "static", "valid_size": 0, "limit": 4096}, "cpu"
+    )
+    xs = ds.x_train
+    results = []
+    for est in args.estimators.split(","):
+        for b in (int(v) for v in args.batches.split(",")):
+            r = run_config(xs, est, b, args.rounds, args.round_seconds)
+            print(
+                f"{est:10s} B={b:5d} ratios { ({k: round(v, 3) for k, v in r['ratio_vs_torch'].items()}) }", flush=True
+            )
+            results.append(r)
+    write(
+        args.out,
+        args.name,
+        {"machine": info, "args": vars(args) | {"out": str(args.out)}, "results": results},
+        markdown(results),
+    )
+
+
+if __name__ == "__main__":
+    main()
