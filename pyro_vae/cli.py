@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("components", help="list registered components and their parameters")
     c.add_argument("group", nargs="?", choices=list(GROUPS), metavar="KIND", help=f"one of: {', '.join(GROUPS)}")
     c.set_defaults(func=_components)
+
+    from .compare import add_cli  # compare, gradients
+
+    add_cli(sub)
     return p
 
 

@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
@@ -405,7 +406,7 @@ class _NoRsample(TorchDistribution):
 class _DetachedSampling(Messenger):
     """Make every latent sample site of a program non-reparameterized (score-function gradients)."""
 
-    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+    def _pyro_sample(self, msg: Any) -> None:
         if not (msg["is_observed"] or site_is_subsample(msg) or isinstance(msg["fn"], _NoRsample)):
             msg["fn"] = _NoRsample(msg["fn"])
 
@@ -418,11 +419,11 @@ class ScoreFunction_ELBO(TraceGraph_ELBO):
     gets the usual pathwise gradient. ``baseline=True`` subtracts a decaying average (``baseline_beta``)
     of the per-point log-weight from every point's downstream cost; the average is kept in this
     object rather than Pyro's global param store (whose entry has a fixed shape, which breaks when
-    the last batch is smaller). Two fixes over plain ``TraceGraph_ELBO``: a ``differentiable_loss``
-    (value: the ELBO; gradient: the surrogate) for ``elbo(model, guide)`` modules, and beta: Pyro
-    multiplies the score term by the site's scale, which is right for data subsampling but here would
-    weight the whole reconstruction term by beta, so the score function is taken unscaled (a test
-    checks the gradient's mean against the reparameterized one for beta != 1).
+    the last batch is smaller). Adds the ``differentiable_loss`` that ``TraceGraph_ELBO`` lacks
+    (value: the ELBO; gradient: the surrogate) so it works as an ``elbo(model, guide)`` module.
+    beta (the z site's scale) weights log p(z) - log q(z|x) in the downstream cost; Pyro leaves the
+    score function itself unscaled, so the gradient is unbiased for the beta-weighted ELBO (tested
+    against the reparameterized gradient's mean).
     """
 
     def __init__(self, num_particles: int = 1, baseline: bool = True, baseline_beta: float = 0.9) -> None:
@@ -436,10 +437,9 @@ class ScoreFunction_ELBO(TraceGraph_ELBO):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
         self._score = 0.0
         for _, site in _latent_sites(guide_trace):
-            parts = site["score_parts"]
-            if not isinstance(parts.score_function, (int, float)):
-                site["score_parts"] = parts._replace(score_function=site["unscaled_log_prob"])
-                self._score = self._score + site["unscaled_log_prob"].sum()
+            score = site["score_parts"].score_function  # log q(z|x), unscaled; 0 for reparameterized sites
+            if isinstance(score, torch.Tensor):
+                self._score = self._score + detach_provenance(score).sum()
         return model_trace, guide_trace
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:

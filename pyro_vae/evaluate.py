@@ -16,6 +16,7 @@ import torch
 from ._typing import Tensor
 from .data import Dataset
 from .estimators import iwae_bound, log_terms
+from .gradients import GradientStats, gradient_stats  # re-exported: pyro_vae.evaluate.gradient_stats
 from .models.vae import VAE
 
 #: Decoder evaluations (points x particles) per forward pass: bounds memory at any K.
@@ -156,4 +157,14 @@ def evaluate(
     return summarize(point_terms(vae, x, y, num_particles, row_budget), split, num_particles)
 
 
-__all__ = ["EvalResult", "PointTerms", "active_units", "evaluate", "iwae_bound", "point_terms", "summarize"]
+__all__ = [
+    "EvalResult",
+    "GradientStats",
+    "PointTerms",
+    "active_units",
+    "evaluate",
+    "gradient_stats",
+    "iwae_bound",
+    "point_terms",
+    "summarize",
+]

@@ -1,0 +1,528 @@
+"""Compare ELBO estimators on equal footing: ``pyro-vae compare SPEC --estimators a,b,c``.
+
+Every (estimator, seed) pair is one independent :class:`Job`: the same spec with only ``elbo``
+(and ``seed``) changed, so jobs with the same seed start from the same initialization (the model is
+built right after seeding, before the estimator) and see the same data order (the batch order
+generator is seeded from ``seed``), with the same budget (``train.epochs``, optionally a wall-clock
+limit). Every trained model is then evaluated with the same IWAE bound L_K on the test split.
+
+The work is split so that it can be spread over processes (``pyro-vae`` distributed, or any pool):
+:func:`plan` lists the jobs, :func:`run_job` runs one and returns a JSON-able record, and
+:func:`aggregate` / :func:`write_report` are pure functions of the records. :func:`compare` does all
+of it in one process.
+
+Outputs in ``OUT``: ``runs/<estimator>-seed<N>/`` (ordinary run directories), ``compare.json``,
+``compare.md`` and ``figures/{curves,gradient_snr}.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from . import checkpoint
+from . import spec as spec_mod
+from .errors import SpecError
+from .evaluate import point_terms, summarize
+from .gradients import GradientStats, gradient_stats, parse_estimator, stats_table
+from .gradients import label as estimator_label
+from .rundir import load_run, read_metrics
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """How runs are evaluated and measured (the training budget lives in the spec's ``train:``)."""
+
+    eval_particles: int = 5000  # K of the L_K bound every model is evaluated with (Burda et al.: 5000)
+    eval_points: int = 0  # 0: the whole test split; N > 0: its first N points (cost is points * K)
+    curve_particles: int = 100  # K of the per-epoch test log-likelihood curve; 0: test ELBO only
+    curve_points: int = 500  # test points for that curve (first N)
+    budget_seconds: float = 0.0  # > 0: also stop each run at the first epoch end past this training time
+    train_particles: int = 0  # > 0: num_particles for every estimator that does not set its own
+    snr_particles: tuple[int, ...] = (1, 10, 100)  # K values for gradient SNR; empty: skip
+    snr_draws: int = 50  # gradient draws per (estimator, K)
+    snr_points: int = 32  # test points in the batch whose gradient is measured
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a comparison: a fully resolved spec and where it goes."""
+
+    label: str  # the estimator as the user wrote it, e.g. "iwae:num_particles=5"
+    seed: int
+    config: dict[str, Any]  # resolved spec (elbo and seed set)
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    out: Path
+    jobs: list[Job]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    gradients: list[GradientStats] = field(default_factory=list)
+
+
+class _BudgetReached(Exception):
+    pass
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace(":", "-").replace("=", "")).strip("_") or "estimator"
+
+
+def plan(
+    spec: Any,
+    estimators: Sequence[str | Mapping[str, Any]],
+    seeds: Sequence[int] = (0,),
+    out: str | Path = "compare",
+    overrides: Sequence[str] = (),
+    options: CompareOptions = CompareOptions(),
+) -> list[Job]:
+    """The (estimator, seed) jobs, each a validated spec; raises :class:`SpecError` before any work."""
+    if not estimators:
+        raise SpecError("--estimators: give at least one estimator, e.g. --estimators trace,iwae,dreg")
+    if not seeds:
+        raise SpecError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    if spec is None or isinstance(spec, (str, Path)):
+        base = spec_mod.from_args(None if spec is None else str(spec), list(overrides))
+    else:
+        base = spec_mod.resolve(spec_mod.apply_overrides(dict(spec), list(overrides)))
+    labels = [estimator_label(e) for e in estimators]
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise SpecError(f"--estimators: {dupes[0]!r} is listed twice")
+    jobs = []
+    for item, lab in zip(estimators, labels):
+        raw = parse_estimator(item)
+        raw.setdefault("beta", base["elbo"]["beta"])  # the spec's KL weight, unless the estimator sets one
+        if options.train_particles:
+            raw.setdefault("num_particles", options.train_particles)
+        elbo = spec_mod.resolve_component("elbo", raw, f"estimator {lab!r}")
+        for seed in seeds:
+            cfg = spec_mod.resolve({**base, "elbo": elbo, "seed": int(seed), "name": f"{base['name']}-{_slug(lab)}"})
+            jobs.append(Job(lab, int(seed), cfg, str(Path(out) / "runs" / f"{_slug(lab)}-seed{seed}")))
+    return jobs
+
+
+def _test_subset(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x, y = data.split("test")
+    if n > 0:
+        x, y = x[:n], (None if y is None else y[:n])
+    return x, y
+
+
+def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = False) -> dict[str, Any]:
+    """Train one job (an ordinary run directory) and evaluate it; returns a JSON-able record."""
+    from .train import fit
+
+    curve: list[dict[str, float]] = []
+    spent = [0.0]
+    test: list[Any] = []  # (x, y) for the curve, loaded on the first epoch end
+
+    def on_epoch_end(record: dict[str, Any], vae: Any) -> None:
+        point = {"epoch": record["epoch"], "test_elbo": record.get("test_elbo", float("nan"))}
+        if options.curve_particles > 0:
+            if not test:
+                from .data import load
+
+                test.extend(_test_subset(load(job.config["data"], next(vae.parameters()).device), options.curve_points))
+            terms = point_terms(vae, test[0], test[1], options.curve_particles)
+            point["test_log_likelihood"] = float(terms.log_likelihood.mean())
+            vae.train()
+        curve.append(point)
+        spent[0] += record["seconds"]
+        if options.budget_seconds > 0 and spent[0] >= options.budget_seconds:
+            raise _BudgetReached
+
+    stopped = False
+    try:
+        fit(job.config, out=job.run_dir, force=force, callbacks={"on_epoch_end": [on_epoch_end]})
+    except _BudgetReached:
+        stopped = True
+    run = load_run(job.run_dir)
+    history = read_metrics(run.paths.metrics)
+    x, y = _test_subset(run.data, options.eval_points)
+    t0 = time.perf_counter()
+    res = summarize(point_terms(run.vae, x, y, options.eval_particles), "test", options.eval_particles)
+    seconds = [r["seconds"] for r in history]
+    return {
+        "label": job.label,
+        "seed": job.seed,
+        "elbo": job.config["elbo"],
+        "run_dir": job.run_dir,
+        "epochs": len(history),
+        "stopped_by_budget": stopped,
+        "train_seconds": sum(seconds),
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else float("nan"),
+        "eval_seconds": time.perf_counter() - t0,
+        "test": res.to_dict(),
+        "curve": curve,
+    }
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _se(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return float("nan")
+    m = _mean(xs)
+    return math.sqrt(sum((v - m) ** 2 for v in xs) / (len(xs) - 1) / len(xs))
+
+
+def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per-estimator means over seeds (in first-appearance order) and mean curves; pure."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["label"], []).append(r)
+    rows, curves = [], {}
+    for lab, rs in groups.items():
+        ll = [r["test"]["log_likelihood"] for r in rs]
+        rows.append(
+            {
+                "estimator": lab,
+                "seeds": [r["seed"] for r in rs],
+                "epochs": _mean([r["epochs"] for r in rs]),
+                "test_elbo": _mean([r["test"]["elbo"] for r in rs]),
+                "log_likelihood": _mean(ll),
+                "log_likelihood_se_seeds": _se(ll),
+                "log_likelihood_se_points": _mean([r["test"]["log_likelihood_stderr"] for r in rs]),
+                "kl": _mean([r["test"]["kl"] for r in rs]),
+                "reconstruction": _mean([r["test"]["reconstruction"] for r in rs]),
+                "active_units": _mean([r["test"]["active_units"] for r in rs]),
+                "seconds_per_epoch": _mean([r["seconds_per_epoch"] for r in rs]),
+                "eval_particles": rs[0]["test"]["num_particles"],
+                "eval_points": rs[0]["test"]["n"],
+            }
+        )
+        by_epoch: dict[int, list[dict[str, float]]] = {}
+        for r in rs:
+            for p in r["curve"]:
+                by_epoch.setdefault(int(p["epoch"]), []).append(p)
+        curves[lab] = [
+            {"epoch": e, **{k: _mean([p[k] for p in ps if k in p]) for k in ps[0] if k != "epoch"}}
+            for e, ps in sorted(by_epoch.items())
+        ]
+    return {"estimators": rows, "curves": curves}
+
+
+def _fmt(v: float, nd: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients: Sequence[GradientStats] = ()) -> str:
+    """``compare.md``: settings, one row per estimator, gradient statistics, figures."""
+    k = settings["eval_particles"]
+    lines = [
+        f"# Estimator comparison: {settings['name']}",
+        "",
+        f"data `{settings['data']}`, {settings['epochs']} epochs budget"
+        + (f" (or {settings['budget_seconds']:g} s of training)" if settings.get("budget_seconds") else "")
+        + f", seeds {settings['seeds']}; every model evaluated with L_{k} on "
+        + (f"the first {settings['eval_points']} test points" if settings["eval_points"] else "the whole test split")
+        + ". Nats per data point, higher is better except KL.",
+        "",
+        (
+            f"| estimator | seeds | epochs | test ELBO | log p(x) >= L_{k} | ± SE (seeds) | ± SE (test points) "
+            "| KL | active units | s/epoch |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["estimators"]:
+        lines.append(
+            f"| {r['estimator']} | {len(r['seeds'])} | {r['epochs']:g} | {_fmt(r['test_elbo'])} | "
+            f"{_fmt(r['log_likelihood'])} | {_fmt(r['log_likelihood_se_seeds'])} | "
+            f"{_fmt(r['log_likelihood_se_points'])} | {_fmt(r['kl'])} | {r['active_units']:g} | "
+            f"{_fmt(r['seconds_per_epoch'], 1)} |"
+        )
+    lines += ["", "![curves](figures/curves.png)", ""]
+    if gradients:
+        lines += [
+            (
+                f"## Gradient statistics ({settings['snr_draws']} draws, batch of {settings['snr_points']} "
+                f"test points, at the parameters trained by `{settings['snr_model']}`)"
+            ),
+            "",
+            (
+                "SNR = |E g| / std g per coordinate, averaged over the group's coordinates "
+                "(encoder: guide parameters; decoder: model parameters)."
+            ),
+            "",
+            stats_table(gradients),
+            "![gradient SNR](figures/gradient_snr.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def figures(summary: Mapping[str, Any], gradients: Sequence[GradientStats], out: Path) -> list[Path]:
+    """``curves.png`` (test log-likelihood and ELBO vs epoch) and ``gradient_snr.png`` (SNR vs K)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .plots import plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    curves = summary["curves"]
+    has_ll = any("test_log_likelihood" in p for c in curves.values() for p in c)
+    fig, axes = plt.subplots(1, 2 if has_ll else 1, figsize=(11 if has_ll else 6, 3.8), squeeze=False)
+    panels = ([("test_log_likelihood", "test log-likelihood L_K (nats)")] if has_ll else []) + [
+        ("test_elbo", "test ELBO, 1 draw (nats)")
+    ]
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (lab, c) in enumerate(curves.items()):
+            pts = [(p["epoch"], p[key]) for p in c if key in p and not math.isnan(p[key])]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=lab, color=f"C{i % 10}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if gradients:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        names = list(dict.fromkeys(g.estimator for g in gradients))
+        for ax, group in zip(axes, ("encoder", "decoder")):
+            for i, name in enumerate(names):
+                pts = sorted(
+                    (g.num_particles, g.snr)
+                    for g in gradients
+                    if g.estimator == name and g.group == group and g.snr > 0
+                )
+                if pts:  # estimators often share a group's gradient exactly: markers/dashes keep both visible
+                    ax.plot(*zip(*pts), marker="osD^v<>ph*"[i % 10], ms=7 - i % 4, ls=("-", "--", ":")[i % 3],
+                            label=name, color=f"C{i % 10}")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("particles K")
+            ax.set_title(f"{group} gradient SNR (|mean| / std)")
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "gradient_snr.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_report(
+    out: str | Path,
+    records: Sequence[dict[str, Any]],
+    settings: Mapping[str, Any],
+    gradients: Sequence[GradientStats] = (),
+) -> dict[str, Any]:
+    """Aggregate ``records`` and write compare.json, compare.md and the figures into ``out``."""
+    out = Path(out)
+    summary = aggregate(records)
+    doc = {
+        "settings": dict(settings),
+        "estimators": summary["estimators"],
+        "curves": summary["curves"],
+        "gradients": [g.to_dict() for g in gradients],
+        "runs": list(records),
+    }
+    figures(summary, gradients, out / "figures")
+    checkpoint.atomic_write_text(out / "compare.json", json.dumps(doc, indent=2) + "\n")
+    checkpoint.atomic_write_text(out / "compare.md", markdown(summary, settings, gradients))
+    return summary
+
+
+def snr_estimators(jobs: Sequence[Job]) -> list[str]:
+    """The jobs' estimators without ``num_particles`` (gradient statistics sweep K), deduplicated."""
+    out = []
+    for j in jobs:
+        raw = parse_estimator(j.label)
+        raw.pop("num_particles", None)
+        out.append(estimator_label(raw))
+    return list(dict.fromkeys(out))
+
+
+def measure_gradients(job: Job, estimators: Sequence[str], options: CompareOptions) -> list[GradientStats]:
+    """:func:`gradient_stats` at the parameters ``job`` trained, on its first test points."""
+    run = load_run(job.run_dir)
+    run.vae.set_kl_weight(job.config["elbo"]["beta"])
+    x, y = _test_subset(run.data, options.snr_points)
+    return gradient_stats(run.vae, x, estimators, options.snr_particles, options.snr_draws, y=y)
+
+
+def report_settings(jobs: Sequence[Job], options: CompareOptions, snr_job: Job | None = None) -> dict[str, Any]:
+    """What compare.json/compare.md record about how the comparison was run."""
+    base = jobs[0].config
+    return {
+        "name": base["name"].removesuffix("-" + _slug(jobs[0].label)),
+        "data": base["data"]["name"],
+        "epochs": base["train"]["epochs"],
+        "batch_size": base["train"]["batch_size"],
+        "seeds": list(dict.fromkeys(j.seed for j in jobs)),
+        "estimators": list(dict.fromkeys(j.label for j in jobs)),
+        "snr_model": "" if snr_job is None else f"{snr_job.label} seed {snr_job.seed}",
+        "torch_threads": torch.get_num_threads(),
+        **asdict(options),
+    }
+
+
+def compare(
+    spec: Any = None,
+    estimators: Sequence[str | Mapping[str, Any]] = ("trace", "iwae", "dreg"),
+    *,
+    seeds: Sequence[int] = (0,),
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    options: CompareOptions = CompareOptions(),
+    force: bool = False,
+    log: Any = None,
+) -> CompareResult:
+    """Train every (estimator, seed), evaluate each with the same L_K, measure gradients, report.
+
+    ``log``: a callable taking one line of progress (the CLI passes ``print``).
+    """
+    if out is None:
+        out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out)
+    jobs = plan(spec, estimators, seeds, out, overrides, options)
+    records = []
+    for i, job in enumerate(jobs, 1):
+        rec = run_job(job, options, force=force)
+        records.append(rec)
+        if log is not None:
+            t = rec["test"]
+            log(
+                f"[{i}/{len(jobs)}] {job.label} seed {job.seed}: {rec['epochs']} epochs, "
+                f"{rec['seconds_per_epoch']:.1f} s/epoch; test ELBO {t['elbo']:.3f}, "
+                f"L_{t['num_particles']} {t['log_likelihood']:.3f} ± {t['log_likelihood_stderr']:.3f}"
+            )
+    grads = measure_gradients(jobs[0], snr_estimators(jobs), options) if options.snr_particles else []
+    settings = report_settings(jobs, options, snr_job=jobs[0])
+    summary = write_report(out, records, settings, grads)
+    return CompareResult(out, jobs, records, summary, grads)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SpecError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,10,100") from None
+    if any(v < 0 for v in vals):
+        raise SpecError(f"{flag} {text!r}: values must be >= 0")
+    return vals
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise SpecError(f"--estimators {text!r}: give at least one, e.g. trace,iwae,dreg")
+    return names
+
+
+def _cmd_compare(a: Any) -> int:
+    snr = () if a.no_snr else _ints(a.snr_particles, "--snr-particles")
+    if any(k < 1 for k in snr):
+        raise SpecError(f"--snr-particles {a.snr_particles!r}: values must be >= 1")
+    opts = CompareOptions(
+        eval_particles=a.particles,
+        eval_points=a.eval_points,
+        curve_particles=a.curve_particles,
+        curve_points=a.curve_points,
+        budget_seconds=a.budget_seconds,
+        train_particles=a.train_particles,
+        snr_particles=snr,
+        snr_draws=a.snr_draws,
+        snr_points=a.snr_points,
+    )
+    res = compare(
+        a.spec,
+        _names(a.estimators),
+        seeds=_ints(a.seeds, "--seeds"),
+        out=a.out,
+        overrides=a.set or [],
+        options=opts,
+        force=a.force,
+        log=print,
+    )
+    print((res.out / "compare.md").read_text(), end="")
+    print(f"written: {res.out / 'compare.json'}, {res.out / 'compare.md'}, {res.out / 'figures'}")
+    return 0
+
+
+def _cmd_gradients(a: Any) -> int:
+    ks = _ints(a.snr_particles, "--particles")
+    if not ks or any(k < 1 for k in ks):
+        raise SpecError(f"--particles {a.snr_particles!r}: give values >= 1, e.g. 1,10,100")
+    if a.draws < 2:
+        raise SpecError(f"--draws {a.draws}: must be >= 2")
+    run = load_run(a.run_dir, device=a.device)
+    run.vae.set_kl_weight(run.config["elbo"]["beta"])
+    x, y = run.data.split(a.split)
+    x, y = x[: a.points], (None if y is None else y[: a.points])
+    stats = gradient_stats(run.vae, x, _names(a.estimators), ks, a.draws, y=y)
+    print(stats_table(stats), end="")
+    out = Path(a.out) if a.out else run.paths.root / "gradients.json"
+    checkpoint.atomic_write_text(out, json.dumps([s.to_dict() for s in stats], indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``compare`` and ``gradients`` on the ``pyro-vae`` subcommand parser."""
+    c = sub.add_parser("compare", help="train several estimators on equal footing and compare them")
+    c.add_argument("spec", nargs="?", help="YAML spec; omitted: the built-in default")
+    c.add_argument("--estimators", required=True, help="comma list, options with ':', e.g. trace,iwae:num_particles=5")
+    c.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
+    c.add_argument("--particles", type=int, default=5000, help="K of the L_K evaluation bound (default 5000)")
+    c.add_argument("--eval-points", type=int, default=0, help="evaluate on the first N test points (0: all)")
+    c.add_argument("--train-particles", type=int, default=0, help="num_particles for estimators that set none")
+    c.add_argument("--budget-seconds", type=float, default=0.0, help="also stop each run after this training time")
+    c.add_argument("--curve-particles", type=int, default=100, help="K of the per-epoch test L_K curve (0: off)")
+    c.add_argument("--curve-points", type=int, default=500, help="test points for the per-epoch curve")
+    c.add_argument("--snr-particles", default="1,10,100", help="K values for gradient SNR (default 1,10,100)")
+    c.add_argument("--snr-draws", type=int, default=50, help="gradient draws per estimator and K")
+    c.add_argument("--snr-points", type=int, default=32, help="test points in the measured batch")
+    c.add_argument("--no-snr", action="store_true", help="skip gradient statistics")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value for every run")
+    c.add_argument("--out", help="output directory (default runs/compare-TIMESTAMP)")
+    c.add_argument("--force", action="store_true", help="overwrite existing run directories")
+    c.set_defaults(func=_cmd_compare)
+
+    g = sub.add_parser("gradients", help="gradient mean, variance and SNR of estimators for a trained run")
+    g.add_argument("run_dir")
+    g.add_argument("--estimators", default="iwae,dreg", help="comma list (default iwae,dreg)")
+    g.add_argument("--particles", dest="snr_particles", default="1,10,100", help="K values (default 1,10,100)")
+    g.add_argument("--draws", type=int, default=100, help="gradient draws per estimator and K (default 100)")
+    g.add_argument("--points", type=int, default=32, help="data points in the measured batch (default 32)")
+    g.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    g.add_argument("--out", help="JSON path (default RUN_DIR/gradients.json)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.set_defaults(func=_cmd_gradients)
+
+
+__all__ = [
+    "CompareOptions",
+    "CompareResult",
+    "Job",
+    "add_cli",
+    "aggregate",
+    "compare",
+    "markdown",
+    "measure_gradients",
+    "plan",
+    "report_settings",
+    "run_job",
+    "snr_estimators",
+    "write_report",
+]
