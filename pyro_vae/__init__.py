@@ -27,6 +27,16 @@ from .models import (  # noqa: E402  (component zoo, #3)
     VampPrior,
 )
 from .nets import conv64  # noqa: E402
+from .estimators import (  # noqa: E402  (estimators, #4)
+    CIWAE_ELBO,
+    DReG_ELBO,
+    MIWAE_ELBO,
+    PIWAE_ELBO,
+    STL_ELBO,
+    ScoreFunction_ELBO,
+)
+from .compare import CompareOptions, compare  # noqa: E402  (#4)
+from .gradients import GradientStats, gradient_stats  # noqa: E402  (#4)
 from .registry import REGISTRY, register  # noqa: E402
 from .rundir import load_run  # noqa: E402
 from .spec import DEFAULT_SPEC, resolve  # noqa: E402
@@ -48,6 +58,17 @@ __all__ = [
     "MixturePrior",
     "VampPrior",
     "conv64",
+    # estimators, compare, gradient statistics (#4)
+    "CIWAE_ELBO",
+    "CompareOptions",
+    "DReG_ELBO",
+    "GradientStats",
+    "MIWAE_ELBO",
+    "PIWAE_ELBO",
+    "STL_ELBO",
+    "ScoreFunction_ELBO",
+    "compare",
+    "gradient_stats",
     "DEFAULT_SPEC",
     "IWAE_ELBO",
     "REGISTRY",
