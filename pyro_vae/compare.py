@@ -384,26 +384,30 @@ def compare(
     options: CompareOptions = CompareOptions(),
     force: bool = False,
     log: Any = None,
+    workers: int = 1,
 ) -> CompareResult:
     """Train every (estimator, seed), evaluate each with the same L_K, measure gradients, report.
 
-    ``log``: a callable taking one line of progress (the CLI passes ``print``).
+    ``log``: a callable taking one line of progress (the CLI passes ``print``). ``workers`` > 1
+    runs the jobs in that many processes (pyro_vae/parallel.py; a GPU each when there are several):
+    the records come back in job order, so the report is the sequential one (timings aside).
     """
     if out is None:
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     jobs = plan(spec, estimators, seeds, out, overrides, options)
-    records = []
-    for i, job in enumerate(jobs, 1):
-        rec = run_job(job, options, force=force)
-        records.append(rec)
+    def progress(i: int, job: Job, rec: dict[str, Any]) -> None:
         if log is not None:
             t = rec["test"]
             log(
-                f"[{i}/{len(jobs)}] {job.label} seed {job.seed}: {rec['epochs']} epochs, "
+                f"[{i + 1}/{len(jobs)}] {job.label} seed {job.seed}: {rec['epochs']} epochs, "
                 f"{rec['seconds_per_epoch']:.1f} s/epoch; test ELBO {t['elbo']:.3f}, "
                 f"L_{t['num_particles']} {t['log_likelihood']:.3f} ± {t['log_likelihood_stderr']:.3f}"
             )
+
+    from .parallel import map_jobs
+
+    records = map_jobs(run_job, jobs, options, workers=workers, on_result=progress, force=force)
     grads = measure_gradients(jobs[0], snr_estimators(jobs), options) if options.snr_particles else []
     settings = report_settings(jobs, options, snr_job=jobs[0])
     summary = write_report(out, records, settings, grads)
@@ -454,6 +458,7 @@ def _cmd_compare(a: Any) -> int:
         options=opts,
         force=a.force,
         log=print,
+        workers=a.workers,
     )
     print((res.out / "compare.md").read_text(), end="")
     print(f"written: {res.out / 'compare.json'}, {res.out / 'compare.md'}, {res.out / 'figures'}")
@@ -497,6 +502,7 @@ def add_cli(sub: Any) -> None:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value for every run")
     c.add_argument("--out", help="output directory (default runs/compare-TIMESTAMP)")
     c.add_argument("--force", action="store_true", help="overwrite existing run directories")
+    c.add_argument("--workers", type=int, default=1, help="run the jobs in N processes (default 1: sequential)")
     c.set_defaults(func=_cmd_compare)
 
     g = sub.add_parser("gradients", help="gradient mean, variance and SNR of estimators for a trained run")

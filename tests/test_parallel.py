@@ -32,6 +32,7 @@ def _fail_on_two(seed: int) -> int:
     return seed
 
 
+@pytest.mark.slow  # spawns a pool; the compare test below covers workers by default
 def test_workers_give_the_sequential_results_in_job_order():
     seeds = [3, 0, 2, 1]
     torch.set_num_threads(1)  # the sequential run uses what each worker uses: one thread
@@ -57,3 +58,47 @@ def test_workers_must_be_positive():
 def test_default_threads_share_this_process_threads():
     assert default_threads(1) == torch.get_num_threads()
     assert default_threads(10**6) == 1
+
+
+TINY = [
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.progress=false",
+    "train.figures=false",
+    "train.eval_particles=2",
+    "data.limit=160",
+    "model.latent_dim=2",
+    "model.network.hidden=[16]",
+]
+
+
+def _without_timings(obj, drop=("seconds", "run_dir")):
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if not any(d in k for d in drop)}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def test_compare_with_workers_gives_the_sequential_table(tmp_path):
+    """`pyro-vae compare --workers 2`: the same records and results table as a sequential run."""
+    from pyro_vae.compare import CompareOptions, compare
+
+    opts = CompareOptions(eval_particles=5, eval_points=30, curve_particles=3, curve_points=20, snr_particles=())
+    args = (None, ["trace", "iwae:num_particles=3"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the 2 workers gets (default: this process's threads / 2, >= 1)
+    try:
+        seq = compare(*args, seeds=(0,), out=tmp_path / "seq", overrides=TINY, options=opts)
+        par = compare(*args, seeds=(0,), out=tmp_path / "par", overrides=TINY, options=opts, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["label"] for r in par.records] == [r["label"] for r in seq.records]  # job order
+    assert _without_timings(par.records) == _without_timings(seq.records)  # exact, not approximate
+    assert seq.records[0]["test"]["elbo"] != seq.records[1]["test"]["elbo"]
+
+    def table(res):  # compare.md's results rows without the s/epoch column
+        rows = [line for line in (res.out / "compare.md").read_text().splitlines() if line.startswith("| ")]
+        return [row.rsplit("|", 2)[0] for row in rows]
+
+    assert len(table(seq)) == 3 and table(par) == table(seq)
