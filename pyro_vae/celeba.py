@@ -15,6 +15,7 @@ Memory: all 202,599 faces at 64x64 are about 10 GB as float32; ``max_images`` ca
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ def _load_image(path: Path, crop: int, size: int) -> Tensor:
     try:
         with Image.open(path) as im:
             img = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
-    except Exception as e:  # PIL.UnidentifiedImageError, OSError on a corrupt file
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         raise DataError(f"celeba: cannot decode image {str(path)!r} ({type(e).__name__}: {e})") from None
     side = min(crop, img.shape[-2], img.shape[-1])
     img = TF.center_crop(img, [side, side])
@@ -69,12 +70,10 @@ def celeba(
     folder = data_root(root) / "celeba"
     images = folder / "img_align_celeba"
     if not images.is_dir() and download:
-        try:
-            import torchvision
+        import torchvision
 
+        with contextlib.suppress(Exception):  # offline, Google Drive quota: the error below names the folder
             torchvision.datasets.CelebA(str(data_root(root)), split="all", target_type=[], download=True)
-        except Exception:  # network errors, Google Drive quota
-            pass
     files = sorted(p for p in images.glob("*") if p.suffix.lower() in _SUFFIXES) if images.is_dir() else []
     if not files:
         raise DataError(

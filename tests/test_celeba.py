@@ -89,7 +89,9 @@ def test_celeba_gaussian_spec_resolves_to_seed_003() -> None:
 
 def test_celeba_smoke_spec_trains_on_fake_faces(tmp_path: Path) -> None:
     fake_celeba(tmp_path / "data", n=24)
-    res = fit(str(EXPERIMENTS / "celeba_smoke.yaml"), overrides=[f"data.root={tmp_path / 'data'}"], out=tmp_path / "run")
+    res = fit(
+        str(EXPERIMENTS / "celeba_smoke.yaml"), overrides=[f"data.root={tmp_path / 'data'}"], out=tmp_path / "run"
+    )
     assert res.data.event_shape == (3, 64, 64)
     assert res.history and torch.isfinite(torch.tensor(res.history[-1]["train_loss"]))
     figs = {p.name for p in (tmp_path / "run" / "figures").iterdir()}

@@ -65,7 +65,8 @@ def test_full_rank_kl_matches_monte_carlo() -> None:
 def test_no_closed_form_for_mixtures() -> None:
     q = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
     mix = torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(logits=torch.zeros(3)), Independent(Normal(torch.randn(3, 2), torch.ones(3, 2)), 1)
+        torch.distributions.Categorical(logits=torch.zeros(3)),
+        Independent(Normal(torch.randn(3, 2), torch.ones(3, 2)), 1),
     )
     assert has_closed_form_kl(q, Independent(Normal(torch.zeros(2), torch.ones(2)), 1))
     assert not has_closed_form_kl(q, mix)
@@ -105,7 +106,7 @@ def test_meanfield_fallback_equals_trace_elbo_on_the_same_draws() -> None:
     """Where no KL exists the term is log p(z) - log q(z|x) at the drawn z: exactly Trace_ELBO's."""
     vae = _vae("mixture")
     x = torch.rand(5, 1, 8, 8).round()
-    kw = dict(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    kw = {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pyro.set_rng_seed(7)

@@ -58,7 +58,7 @@ def test_mixture_log_prob_is_the_log_mean_of_component_densities() -> None:
 
 def _guide(flow: bool = False) -> nn.Module:
     enc = Encoder(nn.Sequential(nn.Flatten(), nn.Linear(5, 8), nn.Tanh()), 8)
-    return (FlowGuide(encoder=enc, latent_dim=2, hidden=[8]) if flow else DiagonalNormalGuide(encoder=enc, latent_dim=2))
+    return FlowGuide(encoder=enc, latent_dim=2, hidden=[8]) if flow else DiagonalNormalGuide(encoder=enc, latent_dim=2)
 
 
 @pytest.mark.parametrize("flow_guide", [False, True], ids=["diagonal_guide", "flow_guide"])

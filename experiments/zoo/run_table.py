@@ -107,9 +107,7 @@ def render(results: dict[str, dict]) -> str:
         delta = label.startswith("guide delta")
         elbo = f"{r['test_elbo']:.2f}" + (" *" if delta else "")
         ll = f"{r['log_likelihood']:.2f} ± {r['log_likelihood_stderr']:.2f}" + (" *" if delta else "")
-        rows.append(
-            f"| {label} | {elbo} | {ll} | {r['kl']:.2f} | {r['active_units']} | {r['train_seconds']:.0f} |"
-        )
+        rows.append(f"| {label} | {elbo} | {ll} | {r['kl']:.2f} | {r['active_units']} | {r['train_seconds']:.0f} |")
     return "\n".join(rows) + "\n"
 
 

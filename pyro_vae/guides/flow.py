@@ -52,4 +52,4 @@ class FlowGuide(AmortizedGuide):
 
     def head(self, h: Tensor) -> dist.Distribution:
         base = dist.Normal(self.loc(h), F.softplus(self.raw_scale(h)) + self.min_scale).to_event(1)
-        return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
+        return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])  # type: ignore[operator]

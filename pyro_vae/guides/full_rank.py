@@ -21,6 +21,9 @@ class FullRankGuide(AmortizedGuide):
     KL to a diagonal Gaussian prior is closed-form (``pyro_vae.divergences``), so ``meanfield`` applies.
     """
 
+    rows: Tensor  # (row, col) of the strictly lower triangle
+    cols: Tensor
+
     def __init__(self, *, encoder: Encoder, latent_dim: int, min_scale: NonNegativeFloat = 1e-5) -> None:
         super().__init__(encoder, latent_dim)
         self.min_scale = min_scale

@@ -13,7 +13,7 @@ Neither can score data that are not 8-bit levels: :meth:`check_data` rejects it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -55,7 +55,7 @@ def check_8bit(name: str, x: Tensor, where: str) -> None:
 class QuantizedCategorical(TorchDistribution):
     """A categorical over the 256 levels, with values expressed as k/255 (batch shape = logits.shape[:-1])."""
 
-    arg_constraints: dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.unit_interval
     has_rsample = False
 
@@ -63,7 +63,7 @@ class QuantizedCategorical(TorchDistribution):
         self.logits = logits - logits.logsumexp(-1, keepdim=True)
         super().__init__(logits.shape[:-1], torch.Size(), validate_args=False)
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "QuantizedCategorical":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> QuantizedCategorical:
         return QuantizedCategorical(self.logits.expand(*batch_shape, LEVELS))
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ class QuantizedCategorical(TorchDistribution):
         levels = torch.arange(LEVELS, dtype=self.logits.dtype, device=self.logits.device) * _STEP
         return (self.logits.exp() * levels).sum(-1)
 
-    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Any = ()) -> Tensor:
         with torch.no_grad():
             k = torch.distributions.Categorical(logits=self.logits).sample(torch.Size(sample_shape))
             return k.to(self.logits.dtype) * _STEP
@@ -85,7 +85,7 @@ class QuantizedCategorical(TorchDistribution):
 class DiscretizedLogistic(TorchDistribution):
     """Logistic(loc, scale) integrated over bins of width 1/255 around each level; edge bins take the tails."""
 
-    arg_constraints: dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.unit_interval
     has_rsample = False
 
@@ -93,7 +93,7 @@ class DiscretizedLogistic(TorchDistribution):
         self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale)
         super().__init__(self.loc.shape, torch.Size(), validate_args=False)
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "DiscretizedLogistic":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> DiscretizedLogistic:
         return DiscretizedLogistic(self.loc.expand(batch_shape), self.log_scale.expand(batch_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class DiscretizedLogistic(TorchDistribution):
     def mean(self) -> Tensor:
         return self.loc.clamp(0.0, 1.0)  # the mode of the binned logistic; figures only
 
-    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Any = ()) -> Tensor:
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.batch_shape
             u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
@@ -166,4 +166,10 @@ class DiscretizedLogisticLikelihood(Likelihood):
         check_8bit("discretized_logistic", x, where)
 
 
-__all__ = ["Categorical256", "DiscretizedLogistic", "DiscretizedLogisticLikelihood", "QuantizedCategorical", "check_8bit"]
+__all__ = [
+    "Categorical256",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "QuantizedCategorical",
+    "check_8bit",
+]

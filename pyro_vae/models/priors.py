@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -84,11 +84,11 @@ class EqualMixture(TorchDistribution):
     value of shape ``(..., K, D)`` and ``rsample``/``sample``: any guide family (flows included) works.
     """
 
-    arg_constraints: dict[str, Any] = {}
+    arg_constraints: ClassVar[dict[str, Any]] = {}
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, components: dist.Distribution, batch_shape: torch.Size = torch.Size(), validate_args: Any = None):
+    def __init__(self, components: Any, batch_shape: Any = (), validate_args: Any = None) -> None:
         self.components = components
         self.num_components = components.batch_shape[-1]
         super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=False)
@@ -102,7 +102,7 @@ class EqualMixture(TorchDistribution):
         lp = self.components.log_prob(v)  # (..., K)
         return torch.logsumexp(lp, -1) - math.log(self.num_components)
 
-    def sample(self, sample_shape: Any = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Any = ()) -> Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             draws = self.components.sample(shape)  # (*shape, K, D)
@@ -119,12 +119,14 @@ class VampPrior(nn.Module):
     closed-form KL: ``meanfield`` uses Monte Carlo for the z term.
     """
 
+    guide: Any  # the shared AmortizedGuide (set with object.__setattr__: not a submodule)
+
     def __init__(
         self,
         *,
         latent_dim: int,
         event_shape: Shape,
-        guide: nn.Module,
+        guide: Any,  # an AmortizedGuide: its dist(x) gives the components
         num_components: PositiveInt = 100,  # K pseudo-inputs; the paper uses 500 on MNIST
         init_mean: float = 0.5,  # pseudo-inputs start as N(init_mean, init_std^2) images
         init_std: PositiveFloat = 0.1,
@@ -156,6 +158,9 @@ class FlowPrior(nn.Module):
     Each layer is used inverted, so scoring z (what training needs) is the fast direction of Pyro's
     autoregressive transforms and sampling is the sequential one. No closed-form KL.
     """
+
+    loc: Tensor
+    scale: Tensor
 
     def __init__(
         self,
