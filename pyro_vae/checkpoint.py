@@ -7,8 +7,11 @@ refuses any payload that would execute code. The spec travels as YAML text.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +149,17 @@ def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"no checkpoint at {str(path)!r}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # UnpicklingError for foreign payloads, RuntimeError/EOFError when truncated
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused an object: it could run code when loaded
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        what = f"refused: {found.group(1)}" if found else "not a torch zip checkpoint of tensors"
+        raise RunError(
+            f"checkpoint {str(path)!r} is unreadable or unsafe: it holds pickled objects, which are never loaded "
+            f"because they could run code (only tensors and plain containers are allowed; {what})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - RuntimeError/EOFError/zip errors when truncated or foreign
         reason = " ".join(str(e).split())[:200]
         raise RunError(f"checkpoint {str(path)!r} is unreadable or unsafe ({type(e).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -17,8 +17,9 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -93,7 +94,7 @@ def _install(stop: Stop) -> dict[int, Any] | None:
             flush=True,
         )
 
-    old = {}
+    old: dict[int, Any] = {}
     for s in SIGNALS:
         old[s] = signal.getsignal(s)
         signal.signal(s, handler)

@@ -30,6 +30,11 @@ TINY = [
 EXACT_KEYS = ("epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "valid_elbo", "skipped_steps")
 
 
+def as_sets(overrides: list[str]) -> list[str]:
+    """CLI arguments ``--set A --set B ...`` for a list of overrides."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
 def without_time(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
@@ -47,8 +52,8 @@ def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), f"{k} differs"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -59,7 +64,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return subprocess.run(  # noqa: PLW1510 - callers check returncode
         [sys.executable, "-m", "pyro_vae", *args],
         capture_output=True,
         text=True,

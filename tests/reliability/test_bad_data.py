@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from pyro_vae import cli, fit
 from pyro_vae.errors import DataError
 
-from .conftest import TINY, one_clear_line
+from .conftest import TINY, as_sets, one_clear_line
 
 
 def _good() -> dict[str, np.ndarray]:
@@ -134,7 +135,7 @@ def test_corrupt_or_unsafe_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str
     else:
         {"truncated": _truncated, "garbage": _garbage, "bad-member": _bad_member}[kind](path)
     rc = cli.main(["train", "--out", str(tmp_path / "run"), "--set", "data.name=npz", "--set", f"data.path={path}",
-                   *sum((["--set", s] for s in TINY), [])])  # fmt: skip
+                   *as_sets(TINY)])  # fmt: skip
     assert rc == 2
     line = one_clear_line(capsys.readouterr().err)
     assert "data.path" in line and str(path) in line

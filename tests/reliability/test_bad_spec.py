@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pyro_vae.data as data_mod
 from pyro_vae import cli, spec
@@ -46,7 +47,8 @@ scalars = st.one_of(
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["kind", "name"])), inner, max_size=4)
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.sampled_from(["kind", "name"])), inner, max_size=4),
     ),
     max_leaves=8,
 )
@@ -96,7 +98,9 @@ def test_overrides(pairs: list[tuple[str, Any]]) -> None:
     """``--set KEY=VALUE`` with random keys and YAML-dumped (or raw text) values."""
     items = []
     for k, v in pairs:
-        text = v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+        text = (
+            v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+        )
         items.append(f"{k}={text}")
     try:
         raw = spec.apply_overrides(spec.load(None), items)
@@ -106,12 +110,22 @@ def test_overrides(pairs: list[tuple[str, Any]]) -> None:
     _resolve_or_error(raw)
 
 
-@_fuzz(40, 1000, st.dictionaries(st.one_of(st.sampled_from(["name", "seed", "data", "model", "guide", "elbo", "train"]), st.text(max_size=6)), values, max_size=5))
+@_fuzz(
+    40,
+    1000,
+    st.dictionaries(
+        st.one_of(st.sampled_from(["name", "seed", "data", "model", "guide", "elbo", "train"]), st.text(max_size=6)),
+        values,
+        max_size=5,
+    ),
+)
 def test_whole_spec_mappings(raw: dict[str, Any]) -> None:
     _resolve_or_error(raw)
 
 
-@_fuzz(40, 1000, st.one_of(st.text(max_size=200), st.builds(lambda v: yaml.safe_dump(v), values), st.binary(max_size=100)))
+@_fuzz(
+    40, 1000, st.one_of(st.text(max_size=200), st.builds(lambda v: yaml.safe_dump(v), values), st.binary(max_size=100))
+)
 def test_yaml_files(tmp_path: Path, content: str | bytes) -> None:
     path = tmp_path / "spec.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass"))
@@ -136,7 +150,12 @@ ARGS = st.one_of(
 )  # fmt: skip
 
 
-@_fuzz(40, 1000, st.sampled_from(["train", "evaluate", "sample", "components", "diagnose", "compare", "bogus"]), st.lists(ARGS, max_size=6))
+@_fuzz(
+    40,
+    1000,
+    st.sampled_from(["train", "evaluate", "sample", "components", "diagnose", "compare", "bogus"]),
+    st.lists(ARGS, max_size=6),
+)
 def test_cli_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, argv: list[str]) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be written outside
 

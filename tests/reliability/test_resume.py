@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
 
-from pyro_vae import checkpoint, cli, data as data_mod, fit
+from pyro_vae import checkpoint, cli, fit
+from pyro_vae import data as data_mod
 from pyro_vae.errors import RunError
 from pyro_vae.interrupt import Interrupted, resume_command
 
 from .conftest import (
     TINY,
+    as_sets,
     assert_same_tensors,
     model_tensors,
     one_clear_line,
@@ -141,7 +144,7 @@ def test_cli_exit_code_and_resume_message(
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         with monkeypatch.context() as m:
             seen = _signal_at(m, 1, signum)
-            args = ["train", "--out", str(out), *sum((["--set", s] for s in TINY), [])]
+            args = ["train", "--out", str(out), *as_sets(TINY)]
             rc = cli.main(args if signum == signal.SIGTERM else ["train", "--out", str(out), "--resume"])
         assert rc == code, seen
         line = one_clear_line(capsys.readouterr().err.split("received:")[-1].split("\n", 1)[-1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -13,7 +13,7 @@ import pyro_vae.checkpoint as ckpt_mod
 from pyro_vae import checkpoint, cli, fit
 from pyro_vae.errors import RunError
 
-from .conftest import TINY, one_clear_line
+from .conftest import TINY, as_sets, one_clear_line
 
 
 class _FullDisk:
@@ -32,10 +32,10 @@ class _FullDisk:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
 
-    def __enter__(self) -> "_FullDisk":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._f.close()
 
 
@@ -74,18 +74,22 @@ def test_checkpoint_write_failure_message(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "checkpoint.pt"
     checkpoint.save(path, {"epoch": 1})
     _fill_disk(monkeypatch, 100)
-    with pytest.raises(RunError, match=r"cannot write checkpoint .*No space left on device; the previous checkpoint is intact"):
+    with pytest.raises(
+        RunError, match=r"cannot write checkpoint .*No space left on device; the previous checkpoint is intact"
+    ):
         checkpoint.save(path, {"epoch": 2, "model": {"w": __import__("torch").zeros(10_000)}})
     monkeypatch.undo()
     assert checkpoint.load(path)["epoch"] == 1
 
 
-def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(RunError, match="cannot create run directory"):
         fit(overrides=TINY, out=blocker / "run")
-    assert cli.main(["train", "--out", str(blocker / "run"), *sum((["--set", s] for s in TINY), [])]) == 2
+    assert cli.main(["train", "--out", str(blocker / "run"), *as_sets(TINY)]) == 2
     assert "cannot create run directory" in one_clear_line(capsys.readouterr().err)
     # a directory that refuses new files (as a read-only mount would; chmod does not stop root)
     out = tmp_path / "run"
