@@ -75,7 +75,7 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "data": gen.get_state(),
         "python": random.getstate(),  # tuples of ints: weights_only-safe
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+        "numpy": {"keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_gauss), "cached_gaussian": float(np_cached)},
     }  # fmt: skip
     if torch.cuda.is_available():
