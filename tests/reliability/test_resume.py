@@ -221,3 +221,35 @@ def test_interrupted_run_can_be_evaluated(tmp_path: Path, monkeypatch: pytest.Mo
     run = load_run(out, device="cpu")
     assert run.epoch == 1
     assert cli.main(["evaluate", str(out), "--particles", "3", "--device", "cpu"]) == 0
+
+
+def test_signal_during_a_step_finishes_that_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM inside step 8's forward pass: step 8 completes and is saved, then resume is exact."""
+    import pyro_vae.train as train_mod
+
+    extra = VARIANTS["dynamic-iwae"]
+    ref = _straight(tmp_path, extra)
+    out = tmp_path / "run"
+    real = train_mod.build_model
+    calls = [0]
+
+    def build_model(*args: Any, **kwargs: Any) -> Any:
+        vae = real(*args, **kwargs)
+
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if vae.training:
+                calls[0] += 1
+                if calls[0] == 8:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        vae.model.decoder.register_forward_hook(hook)
+        return vae
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "build_model", build_model)
+        with pytest.raises(Interrupted):
+            fit(overrides=[*TINY, *extra], out=out)
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert (state["epoch"], state["partial"]["steps"]) == (1, 3)  # 8 steps = 5 + 3
+    fit(out=out, resume=True)
+    _assert_same_run(ref, out)
