@@ -145,3 +145,16 @@ def test_digits_spec_trains_reports_codebook_metrics_and_samples(tmp_path: Path)
     assert s["test_kl"] == pytest.approx(16 * math.log(64), rel=1e-6)
     assert {"reconstructions.png", "samples.png"} <= {p.name for p in (tmp_path / "r" / "figures").iterdir()}
     assert main(["sample", str(tmp_path / "r"), "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
+
+
+def test_codebook_starts_at_encoder_outputs_of_the_first_training_batch() -> None:
+    vae, x = _tiny()
+    vae.train()
+    vae.guide(x)
+    rows = vae.guide.encode(x).detach().reshape(-1, DIM)
+    w = vae.guide.codebook.weight.detach()
+    assert bool(vae.guide.codebook.initialized)
+    assert ((w.unsqueeze(1) - rows).abs().sum(-1).min(1).values < 1e-6).all()
+    before = w.clone()
+    vae.guide(x)  # only once
+    torch.testing.assert_close(vae.guide.codebook.weight.detach(), before)

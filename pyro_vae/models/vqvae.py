@@ -17,6 +17,10 @@ codebook vectors e_k. In Pyro terms:
   buffer updated by exponential moving averages of the assigned encoder outputs (appendix of the
   paper) and only the commitment term remains.
 
+The codebook is initialized from the encoder outputs of the first training batch (a random
+codebook far from them leaves most codes unused from the start: codebook collapse); codes whose
+usage decays below ``dead_threshold / K`` are re-seeded from the batch when ``restart_dead`` is on.
+
 So the same estimators (``trace``; IWAE reduces to it, the guide being deterministic), training loop,
 checkpoints and CLI serve it. After (and during) training the codebook keeps per-position code
 frequencies (an EMA of the assignments); they define an independent categorical prior per position
@@ -69,6 +73,7 @@ class Codebook(nn.Module):
 
     weight: Tensor  # (K, D): a Parameter, or a buffer with ema=True
     usage: Tensor
+    initialized: Tensor
     cluster_size: Tensor
     embed_sum: Tensor
 
@@ -83,6 +88,24 @@ class Codebook(nn.Module):
         else:
             self.weight = nn.Parameter(init)
         self.register_buffer("usage", torch.full((positions, num_codes), 1.0 / num_codes))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def init_from(self, z_e: Tensor) -> None:
+        """Data-dependent initialization on the first training batch: the codes become randomly chosen
+        encoder outputs, so that they start where the encoder's outputs are (a random N(0, I) codebook
+        far from them leaves all but a few codes unused: codebook collapse)."""
+        if bool(self.initialized):
+            return
+        flat = z_e.detach().reshape(-1, self.dim)
+        idx = torch.randperm(len(flat), device=flat.device)[: self.num_codes]
+        if len(idx) < self.num_codes:
+            idx = torch.randint(len(flat), (self.num_codes,), device=flat.device)
+        self.weight.data.copy_(flat[idx])
+        if self.ema:
+            self.embed_sum.copy_(flat[idx])
+            self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
 
     @torch.no_grad()
     def update(self, z_e: Tensor, k: Tensor, restart_dead: bool, dead_threshold: float) -> None:
@@ -175,6 +198,8 @@ class VQGuide(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         z_e = self.encode(x)
+        if self.training:
+            self.codebook.init_from(z_e)
         z_st, k, cb, cm = vq_terms(z_e, self.codebook.weight)
         if self.training:
             self.codebook.update(z_e, k, self.restart_dead, self.dead_threshold)
