@@ -69,9 +69,10 @@ def interleaved(
     }
 
 
-def write(out: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
+def write(out: Path, name: str, payload: dict[str, Any], markdown: str, keep_load: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    payload["machine"]["loadavg_end"] = list(os.getloadavg())
+    if not keep_load:
+        payload["machine"]["loadavg_end"] = list(os.getloadavg())
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     m = payload["machine"]
     head = (

@@ -65,8 +65,7 @@ def main() -> None:
     md = (
         f"One epoch = {n['images']} training images (MNIST train less the 10% validation split), "
         f"{n['steps']} steps of batch {args.batch}, elbo {args.elbo}, dynamic binarization, device {args.device}.\n\n"
-        "| path | epoch seconds (median of %d) | steps/s | train loss | test ELBO |\n|---|---:|---:|---:|---:|\n"
-        % args.repeats
+        f"| path | epoch seconds (median of {args.repeats}) | steps/s | train loss | test ELBO |\n|---|---:|---:|---:|---:|\n"
         + "\n".join(
             f"| {k} | {med[k]:.2f} | {n['steps'] / med[k]:.1f} | {v[-1]['train_loss']:.2f} | {v[-1]['test_elbo']:.2f} |"
             for k, v in runs.items()

@@ -3,6 +3,7 @@
 Variants, timed interleaved in one process on the same MNIST batches:
 
 - ``ours``: what ``fit`` does: ``REGISTRY.build("elbo")(model, guide)`` -> ``fastpath.accelerate`` ->
+  (``distributed`` per-step seeded noise, as ``fit`` draws it, where that module exists) ->
   ``train.make_optimizer`` -> ``fastpath.train_step`` (non-finite guard included);
 - ``pyro``: the same with ``train.fast_path: false`` (Pyro traces every step; same optimizer and guard);
 - ``core``: the loop as the core had it before issue #7: Pyro traces, default (for-loop) Adam,
@@ -98,7 +99,13 @@ def run_config(xs: torch.Tensor, est: str, batch: int, rounds: int, round_second
     K = int(ESTIMATORS[est].get("num_particles", 1))
     kind = ESTIMATORS[est]["kind"]
     x_batches = [xs[i : i + batch] for i in range(0, len(xs) - batch + 1, batch)] or [xs[:batch]]
-    state = {"i": 0}
+    state = {"i": 0, "step": 0}
+    try:  # fit draws each step's noise from a seeded per-step handler when this module exists
+        from pyro_vae import distributed
+
+        dctx: Any = distributed.context() if hasattr(distributed.Context, "wrap_loss") else None
+    except ImportError:
+        dctx = None
 
     def nxt() -> torch.Tensor:
         state["i"] = (state["i"] + 1) % len(x_batches)
@@ -112,6 +119,8 @@ def run_config(xs: torch.Tensor, est: str, batch: int, rounds: int, round_second
         if name == "ours":
             loss_fn = fastpath.accelerate(loss_fn)
             assert isinstance(loss_fn, fastpath.FastELBO)
+        if name != "core" and dctx is not None:  # fit's per-step seeded noise (pyro_vae/distributed.py)
+            loss_fn = dctx.wrap_loss(loss_fn, vae)
         params = list(vae.parameters())
         if name == "core":
             opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -129,6 +138,9 @@ def run_config(xs: torch.Tensor, est: str, batch: int, rounds: int, round_second
 
             def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params) -> None:
                 x = nxt()
+                if dctx is not None:
+                    state["step"] += 1
+                    dctx.noise(0, 1, state["step"], len(x))
                 fastpath.train_step(loss_fn, opt, params, x, None, len(x))
 
         variants[name] = step
@@ -147,7 +159,7 @@ def run_config(xs: torch.Tensor, est: str, batch: int, rounds: int, round_second
     variants["torch"] = torch_step
     res = interleaved(variants, rounds, round_seconds)
     t = res["torch"]["median_s"]
-    out = {"estimator": est, "batch": batch, "K": K, "optimizer": type(topt).__name__,
+    out = {"estimator": est, "batch": batch, "K": K, "optimizer": type(topt).__name__, "step_noise": dctx is not None,
            "fused": bool(topt.defaults.get("fused")), "variants": res}  # fmt: skip
     out["steps_per_s"] = {k: 1.0 / v["median_s"] for k, v in res.items()}
     out["ratio_vs_torch"] = {k: v["median_s"] / t for k, v in res.items()}
@@ -163,7 +175,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         target = IWAE50_TARGET if r["estimator"] == "iwae50" else TARGETS[r["batch"]]
         ratio = r["ratio_vs_torch"]["ours"]
         lines.append(
-            f"| {r['estimator']} | {r['batch']} | {r['steps_per_s']['ours']:.1f} | {r['steps_per_s']['torch']:.1f} | "
+            f"| {r['estimator']} | {r['batch']} | {r['steps_per_s']['ours']:.3g} | {r['steps_per_s']['torch']:.3g} | "
             f"{ratio:.3f} | <= {target:.2f} | {'yes' if ratio <= target else 'no'} | "
             f"{r['ratio_vs_torch']['pyro']:.3f} | {r['ratio_vs_torch']['core']:.3f} |"
         )
@@ -182,7 +194,14 @@ def main() -> None:
     ap.add_argument("--batches", default="20,128,1024")
     ap.add_argument("--estimators", default=",".join(ESTIMATORS))
     ap.add_argument("--name", default="step")
+    ap.add_argument("--render", type=Path, help="re-write the markdown of an earlier JSON result (no timing)")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        payload = json.loads(args.render.read_text())
+        write(args.render.parent, args.render.stem, payload, markdown(payload["results"]), keep_load=True)
+        return
     torch.set_num_threads(args.threads)
     info = machine(args.threads)
     ds = data_mod.load(

@@ -120,7 +120,7 @@ def _noise_handlers() -> tuple[type, ...]:
 
 def _handlers() -> str:
     """``"none"``: no Pyro handler is active; ``"noise"``: only noise handlers that set sample values
-    (the draw then goes through one ``pyro.sample``); ``"other"``: anything else (trace, scale,
+    (the draw then comes from the handler); ``"other"``: anything else (trace, scale,
     condition...), which only the Pyro path honours."""
     if not _PYRO_STACK:
         return "none"
@@ -180,7 +180,13 @@ def particle_terms(
         if beta_q != 1.0:
             kl = kl * beta_q
     log_q: Tensor | None = None
-    if handlers == "noise":  # the draw goes through the noise handler exactly as in the guide's trace
+    if handlers == "noise" and qn is not None and callable(getattr(_PYRO_STACK[-1], "_draw", None)):
+        # the noise handler's own draw for a (K, B, D) standard normal with the data dim at 1, exactly
+        # what its _pyro_sample hands Normal.rsample at the guide's z site
+        loc, scale = qn
+        eps = _PYRO_STACK[-1]._draw((K, *loc.shape), 1, loc.dtype, loc.device)  # type: ignore[attr-defined]
+        z = loc + eps * scale
+    elif handlers == "noise":  # the draw goes through the noise handler exactly as in the guide's trace
         with pyro.plate("num_particles_vectorized", K, dim=-2), pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", q)
         qn = None
