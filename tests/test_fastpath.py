@@ -304,3 +304,31 @@ def test_diagonal_normal_prior_with_parameters_matches(name):
     (lf, gf), (lp, gp) = _both(ESTIMATORS[name](), vae, x, None)
     assert torch.allclose(lf, lp, rtol=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(gf, gp))
+
+
+class _FullRankGuide(DiagonalNormalGuide):
+    """A non-diagonal reparameterized family: the generic (Distribution.log_prob) branch."""
+
+    def head(self, h):
+        d = super().head(h).base_dist
+        return dist.MultivariateNormal(d.loc, scale_tril=torch.diag_embed(d.scale))
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_generic_guide_family_matches_with_and_without_a_noise_handler(noise):
+    vae = make_vae()
+    torch.manual_seed(0)
+    guide = _FullRankGuide(encoder=vae.guide.encoder, latent_dim=LATENT)
+    vae = VAE(vae.model, guide)
+    x, _ = batch()
+    fast = FastELBO(ESTIMATORS["trace3"](), vae.model, vae.guide)
+    losses = []
+    for fn in (fast, fast.pyro_loss):
+        pyro.set_rng_seed(9)
+        if noise:
+            distributed = pytest.importorskip("pyro_vae.distributed")
+            with distributed.StepNoise(seed=5, n_global=len(x), start=0, stop=len(x)):
+                losses.append(fn(x, None).detach())
+        else:
+            losses.append(fn(x, None).detach())
+    assert fast.fallbacks == 0 and torch.allclose(losses[0], losses[1], rtol=1e-5)
