@@ -45,7 +45,9 @@ def interleaved(
     """Median seconds per call of each function, timed in interleaved rounds (order rotated per round).
 
     Each round times ``n`` back-to-back calls (``n`` sized so a round lasts about ``round_seconds``);
-    interleaving spreads the shared machine's load changes over all variants alike.
+    interleaving spreads the shared machine's load changes over all variants alike. Both wall time and
+    this process's CPU time are recorded: on a machine shared with many other jobs the CPU time is the
+    steadier measure of a step's cost (wall time also counts the time the scheduler gave to others).
     """
     names = list(fns)
     per_call: dict[str, float] = {}
@@ -57,16 +59,20 @@ def interleaved(
         per_call[name] = time.perf_counter() - t
     reps = {k: max(1, int(round_seconds / max(v, 1e-6))) for k, v in per_call.items()}
     samples: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(reps[name]):
                 fns[name]()
             samples[name].append((time.perf_counter() - t) / reps[name])
+            cpu[name].append((time.process_time() - c) / reps[name])
     return {
-        k: {"median_s": statistics.median(v), "samples_s": v, "calls_per_round": reps[k]} for k, v in samples.items()
-    }
+        k: {"median_s": statistics.median(v), "median_cpu_s": statistics.median(cpu[k]), "samples_s": v,
+            "samples_cpu_s": cpu[k], "calls_per_round": reps[k]}
+        for k, v in samples.items()
+    }  # fmt: skip
 
 
 def write(out: Path, name: str, payload: dict[str, Any], markdown: str, keep_load: bool = False) -> None:
