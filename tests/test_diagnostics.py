@@ -298,3 +298,23 @@ def test_end_to_end_outputs(tmp_path):
     np.testing.assert_allclose(lr.numpy(), idata.sample_stats["log_ratio"].values[0, :, pos[0]], atol=1e-4)
     for key in ("khat_png", "gaps_png", "sbc_png"):
         assert paths[key].stat().st_size > 1000
+
+
+def test_cli_diagnose_on_a_tiny_digits_run(tmp_path, tiny, capsys):
+    from pyro_vae.cli import main
+    from pyro_vae.train import fit
+
+    run = tmp_path / "run"
+    fit(None, overrides=[*tiny, "train.figures=false"], out=run)
+    small = ["--points", "30", "--samples", "100", "--nuts", "1", "--chains", "2", "--warmup", "30", "--draws", "30"]
+    argv = ["diagnose", str(run), *small, "--gap-points", "3", "--sbc", "100", "--out", str(tmp_path / "d")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "q(z|x) is reliable for" in out and "Calibration (SBC" in out
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert report["psis"]["points"] == 30 and report["options"]["samples"] == 100
+    assert (tmp_path / "d" / "posterior.nc").is_file() and (tmp_path / "d" / "figures" / "worst_points.png").is_file()
+    # bad values are one line and exit 2
+    assert main(["diagnose", str(run), "--samples", "5"]) == 2
+    assert "--samples 5" in capsys.readouterr().err
+    assert main(["diagnose", str(tmp_path / "missing")]) == 2
