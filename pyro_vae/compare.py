@@ -144,14 +144,15 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
 
     stopped = False
     try:
-        fit(job.config, out=job.run_dir, force=force, callbacks={"on_epoch_end": [on_epoch_end]})
-    except _BudgetReached:
+        done = fit(job.config, out=job.run_dir, force=force, callbacks={"on_epoch_end": [on_epoch_end]})
+        vae, data, history = done.vae, done.data, done.history
+    except _BudgetReached:  # stopped after an epoch's checkpoint: evaluate what it saved
         stopped = True
-    run = load_run(job.run_dir)
-    history = read_metrics(run.paths.metrics)
-    x, y = _test_subset(run.data, options.eval_points)
+        run = load_run(job.run_dir)
+        vae, data, history = run.vae, run.data, read_metrics(run.paths.metrics)
+    x, y = _test_subset(data, options.eval_points)
     t0 = time.perf_counter()
-    res = summarize(point_terms(run.vae, x, y, options.eval_particles), "test", options.eval_particles)
+    res = summarize(point_terms(vae, x, y, options.eval_particles), "test", options.eval_particles)
     seconds = [r["seconds"] for r in history]
     return {
         "label": job.label,
