@@ -7,6 +7,7 @@ thing: ``torchrun --nproc_per_node=2 -m pyro_vae train`` on gloo (127.0.0.1 only
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -32,7 +33,7 @@ from pyro_vae.train import fit
 def test_shards_partition_the_global_batch_in_order(n, world):
     bounds = [D.shard_bounds(n, r, world) for r in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in rank order
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # contiguous, in rank order
     sizes = [b - a for a, b in bounds]
     assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1
 
@@ -117,7 +118,10 @@ def test_noise_leaves_the_global_stream_alone_and_observed_sites_untouched():
 def test_dynamic_binarization_is_drawn_per_global_row(world):
     p = torch.rand(B, 2, 2, generator=torch.Generator().manual_seed(0))
     whole = D.StepNoise(9, B, 0, B).bernoulli(p)
-    parts = [D.StepNoise(9, B, *D.shard_bounds(B, r, world)).bernoulli(p[slice(*D.shard_bounds(B, r, world))]) for r in range(world)]
+    parts = [
+        D.StepNoise(9, B, *D.shard_bounds(B, r, world)).bernoulli(p[slice(*D.shard_bounds(B, r, world))])
+        for r in range(world)
+    ]
     assert torch.equal(torch.cat(parts), whole)
     assert set(whole.unique().tolist()) <= {0.0, 1.0}
 
@@ -130,7 +134,9 @@ def _tiny_vae(seed=0):
     from pyro_vae.models.vae import build_model
 
     torch.manual_seed(seed)
-    cfg = spec_mod.resolve(spec_mod.apply_overrides(spec_mod.load(None), ["model.latent_dim=2", "model.network.hidden=[8]"]))
+    cfg = spec_mod.resolve(
+        spec_mod.apply_overrides(spec_mod.load(None), ["model.latent_dim=2", "model.network.hidden=[8]"])
+    )
     return build_model(cfg, (1, 3, 3))
 
 
@@ -153,7 +159,13 @@ def _grads(vae, elbo_spec, x, rows, world, fast):
 
 
 @pytest.mark.parametrize(
-    "elbo", [{"kind": "trace"}, {"kind": "meanfield"}, {"kind": "iwae", "num_particles": 3}, {"kind": "renyi", "alpha": 0.5, "num_particles": 2}]
+    "elbo",
+    [
+        {"kind": "trace"},
+        {"kind": "meanfield"},
+        {"kind": "iwae", "num_particles": 3},
+        {"kind": "renyi", "alpha": 0.5, "num_particles": 2},
+    ],
 )
 @pytest.mark.parametrize("fast", [False, True])
 def test_shard_gradients_sum_to_the_full_batch_gradient(elbo, fast):
@@ -197,11 +209,15 @@ def _torchrun(nproc, out, sets, *extra, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "pyro_vae", "train", "--out", str(out), *extra]  # fmt: skip
-    for s in sets:
-        cmd += ["--set", s]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    for _attempt in range(3):  # the free port may be taken between probing and binding: retry on that only
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "pyro_vae", "train", "--out", str(out), *extra]  # fmt: skip
+        for s in sets:
+            cmd += ["--set", s]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if res.returncode == 0 or "address already in use" not in res.stderr.lower():
+            break
+    return res
 
 
 def _metrics(run_dir):
