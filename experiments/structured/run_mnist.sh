@@ -13,7 +13,9 @@ pyro-vae train "$HERE/cvae_mnist.yaml" --set train.progress=false --out "$OUT/cv
 pyro-vae sample "$OUT/cvae" --label 3 --num 20
 # The machine was shared by ~8 jobs on 2 cores: VQ-VAE and the quadrant benchmark ran on 20,000 training
 # images with short schedules (the README states them); drop data.limit / --limit for the full set.
-pyro-vae train "$HERE/vqvae_mnist.yaml" --set train.progress=false --set data.limit=20000 --set train.epochs=2 \
-  --set model.hidden=16 --out "$OUT/vq" --force
-python "$HERE/vq_figures.py" "$OUT/vq"
+for v in loss ema; do
+  pyro-vae train "$HERE/vqvae_mnist.yaml" --set train.progress=false --set data.limit=20000 --set train.epochs=2 \
+    --set model.hidden=16 --set model.codebook_update=$v --out "$OUT/vq_$v" --force
+  python "$HERE/vq_figures.py" "$OUT/vq_$v"
+done
 python "$HERE/cvae_quadrants.py" "$OUT/quadrants" --limit 20000 --epochs 3 --particles 50
