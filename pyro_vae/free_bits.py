@@ -27,6 +27,7 @@ from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
 from ._typing import NonNegativeFloat, PositiveInt, Tensor
+from .errors import SpecError
 from .estimators import MAX_PLATE_NESTING, log_terms
 from .registry import register
 
@@ -40,7 +41,7 @@ def kl_per_dimension(q: Any, p: Any, z: Tensor) -> Tensor:
     one-sample Monte Carlo log q_j(z_j) - log p_j(z_j) at the draws ``z``."""
     qb, pb = _factors(q), _factors(p)
     if qb is None or pb is None:
-        raise ValueError(
+        raise SpecError(
             "elbo.kind: free_bits needs a guide and prior that factorize over latent dimensions "
             f"(got {type(q).__name__} and {type(p).__name__}); use guide diagonal_normal with a Normal prior"
         )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from pyro_vae import resolve
+from pyro_vae import SpecError, resolve
 from pyro_vae.data import load
 from pyro_vae.estimators import log_terms
 from pyro_vae.free_bits import kl_per_dimension
@@ -72,5 +72,5 @@ def test_a_floor_above_every_kl_leaves_no_kl_gradient(setup) -> None:
 
 def test_needs_factorized_distributions() -> None:
     q = dist.MultivariateNormal(torch.zeros(3), torch.eye(3))
-    with pytest.raises(ValueError, match="factorize"):
+    with pytest.raises(SpecError, match="factorize"):
         kl_per_dimension(q, dist.Normal(torch.zeros(3), 1.0).to_event(1), torch.zeros(3))
