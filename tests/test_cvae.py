@@ -168,3 +168,13 @@ def test_tensor_condition_trains_from_npz_and_cli_sampling_says_how(tmp_path: Pa
     assert res.vae.sample(5, res.data.y_test[:5]).shape == (5, 1, 4, 4)
     assert main(["sample", str(tmp_path / "r")]) == 2
     assert "conditioned on a tensor" in capsys.readouterr().err
+
+
+def test_a_prior_that_needs_the_unconditional_encoder_is_a_spec_error() -> None:
+    from pyro_vae.registry import REGISTRY
+
+    if "vamp" not in REGISTRY.names("prior"):
+        pytest.skip("no vamp prior registered")
+    with pytest.raises(SpecError, match="does not work in a CVAE"):
+        REGISTRY.build("model", resolve({**DEFAULT_SPEC, "model": {"kind": "cvae", "prior": {"kind": "vamp"}}})["model"],
+                       event_shape=(1, 8, 8), guide={"kind": "diagonal_normal"}, num_classes=10)  # fmt: skip

@@ -168,6 +168,12 @@ def cvae(
     )  # fmt: skip
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
     p = REGISTRY.build("prior", prior, latent_dim=latent_dim, cond_dim=cond_dim, event_shape=event_shape, guide=q)
+    if not getattr(p, "conditional", False):
+        try:  # e.g. a VampPrior encodes pseudo-inputs, which a conditional encoder cannot do without y
+            p()
+        except ValueError as e:
+            raise SpecError(f"model.prior.kind: {prior['kind']!r} does not work in a CVAE ({e}); "
+                            "priors made for it: class_mean, conditional") from None  # fmt: skip
     return CVAE(Generative(p, nets.decoder, lik), q, num_classes, cond_dim)
 
 
