@@ -127,6 +127,28 @@ def spawn(**kw: Any) -> dict[str, Any]:
     return res
 
 
+def markdown(args: Any, train: list[dict[str, Any]], ev: dict[str, Any], throughput: dict[str, Any]) -> str:
+    tp = throughput
+    md = [f"### IWAE training step, batch {args.batch} (median of {args.steps} steps; {max(2, args.steps // 2)} at K=500)\n",
+          "| K | vectorized s/step (CPU s) | looped s/step (CPU s) | looped / vectorized (CPU) | vectorized peak MB | looped peak MB |",
+          "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in train:
+        v, lo = r["vectorized"], r["looped"]
+        md.append(f"| {r['K']} | {v['median_s']:.4f} ({v['median_cpu_s']:.4f}) | {lo['median_s']:.4f} ({lo['median_cpu_s']:.4f}) | {lo['median_cpu_s'] / v['median_cpu_s']:.2f} | "
+                  f"{v['peak_mb']:.0f} | {lo['peak_mb']:.0f} |")  # fmt: skip
+    v, lo = ev["vectorized"], ev["looped"]
+    md += ["", f"### Evaluation L_{args.eval_K} on {args.eval_compare_points} MNIST test images (no gradients)\n",
+           "| particles | seconds | CPU seconds | s / image | peak MB |", "|---|---:|---:|---:|---:|",
+           f"| vectorized, chunked (evaluate.point_terms) | {v['seconds']:.2f} | {v['cpu_seconds']:.2f} | {v['seconds_per_point']:.3f} | {v['peak_mb']:.0f} |",
+           f"| looped (one particle per pass) | {lo['seconds']:.2f} | {lo['cpu_seconds']:.2f} | {lo['seconds_per_point']:.3f} | {lo['peak_mb']:.0f} |",
+           "", f"### L_{args.eval_K} throughput\n",
+           (f"Measured: {args.eval_points} MNIST test images in {tp['seconds']:.1f} s ({tp['seconds_per_point']:.3f} s/image). "
+            f"(CPU time {tp['cpu_seconds']:.1f} s). **Extrapolated** (linear in images) to the 10,000 test images: "
+            f"{throughput['extrapolated_10000_s']:.0f} s wall on this shared machine, "
+            f"{throughput['extrapolated_10000_cpu_s']:.0f} CPU seconds, with {args.threads} thread(s).")]  # fmt: skip
+    return "\n".join(md) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -143,7 +165,14 @@ def main() -> None:
     ap.add_argument("--eval-compare-points", type=int, default=20)
     ap.add_argument("--eval-points", type=int, default=200)
     ap.add_argument("--data", default="")
+    ap.add_argument("--render", type=Path, help="re-write the markdown of an earlier JSON result (no timing)")
     args = ap.parse_args()
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        saved = argparse.Namespace(**payload["args"])
+        md = markdown(saved, payload["train"], payload["eval"], payload["throughput"])
+        write(args.render.parent, args.render.stem, payload, md, keep_load=True)
+        return
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -177,25 +206,8 @@ def main() -> None:
     throughput = {"K": args.eval_K, "measured_points": args.eval_points, **tp,
                   "extrapolated_10000_s": tp["seconds_per_point"] * 10000,
                   "extrapolated_10000_cpu_s": tp["cpu_seconds"] / args.eval_points * 10000}  # fmt: skip
-    md = [f"### IWAE training step, batch {args.batch} (median of {args.steps} steps; {max(2, args.steps // 2)} at K=500)\n",
-          "| K | vectorized s/step (CPU s) | looped s/step (CPU s) | looped / vectorized | vectorized peak MB | looped peak MB |",
-          "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in train:
-        v, lo = r["vectorized"], r["looped"]
-        md.append(f"| {r['K']} | {v['median_s']:.4f} ({v['median_cpu_s']:.4f}) | {lo['median_s']:.4f} ({lo['median_cpu_s']:.4f}) | {lo['median_s'] / v['median_s']:.2f} | "
-                  f"{v['peak_mb']:.0f} | {lo['peak_mb']:.0f} |")  # fmt: skip
-    v, lo = ev["vectorized"], ev["looped"]
-    md += ["", f"### Evaluation L_{args.eval_K} on {args.eval_compare_points} MNIST test images (no gradients)\n",
-           "| particles | seconds | CPU seconds | s / image | peak MB |", "|---|---:|---:|---:|---:|",
-           f"| vectorized, chunked (evaluate.point_terms) | {v['seconds']:.2f} | {v['cpu_seconds']:.2f} | {v['seconds_per_point']:.3f} | {v['peak_mb']:.0f} |",
-           f"| looped (one particle per pass) | {lo['seconds']:.2f} | {lo['cpu_seconds']:.2f} | {lo['seconds_per_point']:.3f} | {lo['peak_mb']:.0f} |",
-           "", f"### L_{args.eval_K} throughput\n",
-           (f"Measured: {args.eval_points} MNIST test images in {tp['seconds']:.1f} s ({tp['seconds_per_point']:.3f} s/image). "
-            f"(CPU time {tp['cpu_seconds']:.1f} s). **Extrapolated** (linear in images) to the 10,000 test images: "
-            f"{throughput['extrapolated_10000_s']:.0f} s wall on this shared machine, "
-            f"{throughput['extrapolated_10000_cpu_s']:.0f} CPU seconds, with {args.threads} thread(s).")]  # fmt: skip
     write(args.out, "iwae", {"machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                             "train": train, "eval": ev, "throughput": throughput}, "\n".join(md) + "\n")  # fmt: skip
+                             "train": train, "eval": ev, "throughput": throughput}, markdown(args, train, ev, throughput))  # fmt: skip
 
 
 if __name__ == "__main__":
