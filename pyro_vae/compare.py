@@ -286,6 +286,11 @@ def figures(summary: Mapping[str, Any], gradients: Sequence[GradientStats], out:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=lab, color=f"C{i % 10}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = {p["epoch"] for c in curves.values() for p in c}
+        if len(epochs) == 1:  # one point per estimator: keep the axis readable
+            e = next(iter(epochs))
+            ax.set_xlim(e - 0.5, e + 0.5)
+            ax.set_xticks([e])
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
