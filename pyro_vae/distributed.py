@@ -95,7 +95,6 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    _held_signal: int | None = None  # a signal seen after a step's all-reduce (see _all_reduce_grads)
     _noise: StepNoise | None = None  # the current step's noise (see noise, wrap_loss)
 
     @property
@@ -198,21 +197,25 @@ class Context:
         In a distributed run the returned loss is the sum over ranks of their per-shard sums (so
         ``loss / global_batch_size`` is the single-process value on every rank) and ``backward`` on
         it ends with one flat all-reduce (sum) of ``module``'s gradients, whoever calls ``backward``
-        and ``optimizer.step`` (the training loop or a fused step function).
+        and ``optimizer.step`` (the training loop or a fused step function). It also makes the
+        running :func:`pyro_vae.interrupt.current` stop flag collective (:func:`_agree_on_stops`).
         """
+        if self.is_distributed:
+            from . import interrupt
+
+            _agree_on_stops(interrupt.current())
         return SyncedLoss(loss_fn, module, self)
 
     def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks (one flat all-reduce with a has-gradient flag per parameter).
 
         The same buffer carries a stop flag: a SIGINT/SIGTERM seen by any rank (pyro_vae.interrupt)
-        stops every rank after the same step; a signal that lands after this all-reduce is held
-        back until the next one, so no rank leaves the loop alone.
+        becomes every rank's stop request here, so all ranks stop after the same step.
         """
         from . import interrupt
 
         stop = interrupt.current()
-        signum = stop.signum or self._held_signal
+        signum = getattr(stop, "_pending", None)
         device = params[0].device
         parts = [
             p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params
@@ -228,11 +231,8 @@ class Context:
             g = flat[offset : offset + p.numel()]
             offset += p.numel()
             p.grad = g.view_as(p).to(p.dtype).clone() if h > 0 else None
-        if float(flat[-1]) > 0:  # some rank was signalled: every rank stops after this step
-            stop.signum = signum or stop.signum or _SIGTERM
-            self._held_signal = None
-        elif stop.signum is not None:  # arrived after the all-reduce: hold it for the next step
-            self._held_signal, stop.signum = stop.signum, None
+        if float(flat[-1]) > 0 and isinstance(stop, _AgreedStop):  # some rank was signalled: all stop now
+            stop._agreed = signum or _SIGTERM
 
     def barrier(self) -> None:
         if self.is_distributed:
@@ -241,6 +241,35 @@ class Context:
 
 _CONTEXT: Context | None = None
 _SIGTERM = 15
+
+
+class _AgreedStop:
+    """Mixin for a :class:`pyro_vae.interrupt.Stop` of a distributed run: ``signum`` becomes collective.
+
+    A signal handler's ``stop.signum = n`` (``request``) only records a pending request; what the
+    training loop reads (``signum``, ``requested``) is the value all ranks agreed on at the last
+    gradient all-reduce. Signals land on ranks at different moments (even one rank alone); without
+    this a rank could leave the loop one step before the others and leave them waiting forever.
+    """
+
+    _pending: int | None = None
+    _agreed: int | None = None
+
+    @property  # type: ignore[misc]
+    def signum(self) -> int | None:
+        return self._agreed
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self._pending = value
+
+
+def _agree_on_stops(stop: Any) -> None:
+    if isinstance(stop, _AgreedStop):
+        return
+    pending = stop.__dict__.pop("signum", None)  # a signal before the loop: still pending
+    stop.__class__ = type("AgreedStop", (_AgreedStop, type(stop)), {})
+    stop._pending, stop._agreed = pending, None
 
 
 class _SumOverRanks(torch.autograd.Function):

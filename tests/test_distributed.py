@@ -261,3 +261,49 @@ def test_distributed_resume_and_errors(tmp_path):
     res = _torchrun(2, tmp_path / "ddp", sets)  # exists, no --resume/--force
     assert res.returncode != 0
     assert res.stderr.count("already exists") >= 2, res.stderr[-3000:]
+
+
+def _pids_of_rank(rank, marker):
+    """Worker pids whose command line holds ``marker`` and whose environment has RANK=rank (Linux /proc)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = proc.joinpath("cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+            if marker in cmdline and f"RANK={rank}".encode() in proc.joinpath("environ").read_bytes().split(b"\0"):
+                out.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's pid through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone mid-epoch: both ranks stop after the same step (the stop flag rides on
+    the gradient all-reduce), rank 0 writes the mid-epoch checkpoint, and --resume under torchrun
+    finishes the one-process run's numbers."""
+    import signal
+    import time
+
+    sets = [*RUN, "train.epochs=5", "train.batch_size=4", "data.limit=400"]
+    one = tmp_path / "one"
+    fit(overrides=sets, out=one)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "pyro_vae", "train", "--out", str(out)]  # fmt: skip
+    cmd += [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # the first epoch is done: the signal lands inside the second one
+    pids = _pids_of_rank(1, str(out))
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert err.count("stopped by SIGTERM") == 2, err[-3000:]  # both ranks, after a checkpoint
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] < 5 and 0 <= state["partial"]["steps"] < 90  # stopped inside an epoch
+    res = _torchrun(2, out, [], "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_same_run(out, one)
