@@ -166,6 +166,13 @@ def check_guide(vae: Any, x: Tensor, cond: Tensor | None) -> None:
             f"diagnose: guide {type(vae.guide).__name__} gives {type(q).__name__} (event dim {q.event_dim}, "
             f"rsample {q.has_rsample}); diagnostics need a continuous reparameterized q(z|x) with event dim 1"
         )
+    with torch.no_grad():
+        two = q.sample((2,))
+    if torch.equal(two[0], two[1]):
+        raise RunError(
+            f"diagnose: guide {type(vae.guide).__name__} is a point mass ({type(q).__name__}); "
+            "importance ratios, NUTS comparisons and calibration need a guide with a density"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,9 +379,13 @@ def local_guide_for(q: dist.Distribution, draws: Tensor) -> tuple[LocalGaussian,
     """A per-point guide of q's family started at q (``draws`` ``(S, G, D)`` serve the fallback)."""
     if isinstance(q, _Independent) and isinstance(q.base_dist, _Normal) and q.reinterpreted_batch_ndims == 1:
         return LocalGaussian(q.base_dist.loc, scale=q.base_dist.scale), "diagonal_normal", "same family"
-    if isinstance(q, (_MVN, _LowRankMVN)):
-        fam = "full_rank_normal" if isinstance(q, _MVN) else "full_rank_normal (superset of the low-rank guide)"
-        return LocalGaussian(q.mean, scale_tril=q.scale_tril), fam, "same family" if isinstance(q, _MVN) else "superset"
+    if isinstance(q, _MVN):
+        return LocalGaussian(q.mean, scale_tril=q.scale_tril), "full_rank_normal", "same family"
+    if isinstance(q, _LowRankMVN):
+        note = (
+            "low-rank guide: the local guide is full-rank (a superset), so the amortization gap includes the rank limit"
+        )
+        return LocalGaussian(q.mean, scale_tril=q.scale_tril), "full_rank_normal", note
     note = (
         f"fallback: guide family {type(q).__name__} has no per-point version here; a diagonal Gaussian "
         "started at the guide's moments is used, so 'amortization gap' mixes family and amortization"

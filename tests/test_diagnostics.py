@@ -318,3 +318,37 @@ def test_cli_diagnose_on_a_tiny_digits_run(tmp_path, tiny, capsys):
     assert main(["diagnose", str(run), "--samples", "5"]) == 2
     assert "--samples 5" in capsys.readouterr().err
     assert main(["diagnose", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("guide", ["diagonal_normal", "full_rank", "low_rank", "flow", "delta"])
+def test_every_guide_family_through_the_generic_interface(guide):
+    """Untrained tiny models: diagnostics use only ``guide.dist``; point-mass guides are refused."""
+    from pyro_vae.errors import RunError
+    from pyro_vae.models.vae import build_model
+    from pyro_vae.spec import DEFAULT_SPEC, resolve
+
+    spec = {**DEFAULT_SPEC, "guide": {"kind": guide}}
+    spec["model"] = {**DEFAULT_SPEC["model"], "network": {"kind": "mlp", "hidden": [8]}}
+    vae = build_model(resolve(spec), (16,))
+    x = torch.rand(12, 16)
+    opts = DiagnoseOptions(
+        points=12,
+        samples=50,
+        nuts=1,
+        chains=2,
+        warmup=10,
+        draws=10,
+        gap_points=2,
+        gap_steps=5,
+        gap_particles=50,
+        sbc=30,
+    )
+    if guide == "delta":
+        with pytest.raises(RunError, match="point mass"):
+            run_diagnostics(vae, x, None, opts)
+        return
+    d = run_diagnostics(vae, x, None, opts)
+    assert d.psis["khat"].shape == (12,) and d.pit is not None and d.pit.shape == (30, 2)
+    expected = {"diagonal_normal": "diagonal_normal", "full_rank": "full_rank_normal", "low_rank": "full_rank_normal"}
+    assert d.gap is not None and d.gap["local_family"] == expected.get(guide, "diagonal_normal")
+    assert (d.gap["local_family_note"] == "same family") is (guide in ("diagonal_normal", "full_rank"))
