@@ -150,9 +150,8 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
         stopped = True
         run = load_run(job.run_dir)
         vae, data, history = run.vae, run.data, read_metrics(run.paths.metrics)
-    x, y = _test_subset(data, options.eval_points)
     t0 = time.perf_counter()
-    res = summarize(point_terms(vae, x, y, options.eval_particles), "test", options.eval_particles)
+    test = evaluate_model(vae, data, options)
     seconds = [r["seconds"] for r in history]
     return {
         "label": job.label,
@@ -164,9 +163,22 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
         "train_seconds": sum(seconds),
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else float("nan"),
         "eval_seconds": time.perf_counter() - t0,
-        "test": res.to_dict(),
+        "test": test,
         "curve": curve,
     }
+
+
+def evaluate_model(vae: Any, data: Any, options: CompareOptions = CompareOptions()) -> dict[str, Any]:
+    """The comparison's evaluation of one trained model: L_K etc. on the (first N) test points.
+
+    Besides :class:`~pyro_vae.evaluate.EvalResult`'s fields, ``point_log_likelihoods`` keeps the
+    per-point L_K values, so that estimators can be compared point by point (paired differences).
+    """
+    x, y = _test_subset(data, options.eval_points)
+    terms = point_terms(vae, x, y, options.eval_particles)
+    out = summarize(terms, "test", options.eval_particles).to_dict()
+    out["point_log_likelihoods"] = [round(float(v), 4) for v in terms.log_likelihood]
+    return out
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -213,11 +225,39 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
             {"epoch": e, **{k: _mean([p[k] for p in ps if k in p]) for k in ps[0] if k != "epoch"}}
             for e, ps in sorted(by_epoch.items())
         ]
+    _paired(rows, groups)
     return {"estimators": rows, "curves": curves}
+
+
+def _paired(rows: list[dict[str, Any]], groups: Mapping[str, list[dict[str, Any]]]) -> None:
+    """``ll_vs_first`` ± ``ll_vs_first_se``: L_K minus the first estimator's, test point by test point.
+
+    Every estimator is scored on the same test points, so most of the across-point spread is common to
+    all rows; the per-point differences (averaged over the seeds both have) have a much smaller SE.
+    """
+    labels = list(groups)
+    ref = {r["seed"]: r["test"].get("point_log_likelihoods") for r in groups[labels[0]]}
+    for row, lab in zip(rows, labels):
+        diffs: list[list[float]] = []
+        for r in groups[lab]:
+            a, b = r["test"].get("point_log_likelihoods"), ref.get(r["seed"])
+            if a is not None and b is not None and len(a) == len(b):
+                diffs.append([u - v for u, v in zip(a, b)])
+        if not diffs or len({len(d) for d in diffs}) != 1:
+            row["ll_vs_first"] = row["ll_vs_first_se"] = float("nan")
+            continue
+        per_point = [sum(col) / len(col) for col in zip(*diffs)]  # mean over seeds, per test point
+        row["ll_vs_first"] = _mean(per_point)
+        row["ll_vs_first_se"] = _se(per_point) if lab != labels[0] else 0.0
 
 
 def _fmt(v: float, nd: int = 2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def _paired_cell(r: Mapping[str, Any]) -> str:
+    d, se = r.get("ll_vs_first", float("nan")), r.get("ll_vs_first_se", float("nan"))
+    return "n/a" if math.isnan(d) else f"{d:+.2f} ± {_fmt(se)}"
 
 
 def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients: Sequence[GradientStats] = ()) -> str:
@@ -234,15 +274,15 @@ def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients:
         "",
         (
             f"| estimator | seeds | epochs | test ELBO | log p(x) >= L_{k} | ± SE (seeds) | ± SE (test points) "
-            "| KL | active units | s/epoch |"
+            f"| L_{k} minus first row ± paired SE | KL | active units | s/epoch |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["estimators"]:
         lines.append(
             f"| {r['estimator']} | {len(r['seeds'])} | {r['epochs']:g} | {_fmt(r['test_elbo'])} | "
             f"{_fmt(r['log_likelihood'])} | {_fmt(r['log_likelihood_se_seeds'])} | "
-            f"{_fmt(r['log_likelihood_se_points'])} | {_fmt(r['kl'])} | {r['active_units']:g} | "
+            f"{_fmt(r['log_likelihood_se_points'])} | {_paired_cell(r)} | {_fmt(r['kl'])} | {r['active_units']:g} | "
             f"{_fmt(r['seconds_per_epoch'], 1)} |"
         )
     lines += ["", "![curves](figures/curves.png)", ""]
@@ -402,6 +442,7 @@ def compare(
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     jobs = plan(spec, estimators, seeds, out, overrides, options)
+
     def progress(i: int, job: Job, rec: dict[str, Any]) -> None:
         if log is not None:
             t = rec["test"]
@@ -530,6 +571,7 @@ __all__ = [
     "add_cli",
     "aggregate",
     "compare",
+    "evaluate_model",
     "markdown",
     "measure_gradients",
     "plan",

@@ -22,7 +22,13 @@ TINY = [
     "model.network.hidden=[16]",
 ]
 OPTS = CompareOptions(
-    eval_particles=20, eval_points=40, curve_particles=5, curve_points=20, snr_particles=(1, 3), snr_draws=3, snr_points=8
+    eval_particles=20,
+    eval_points=40,
+    curve_particles=5,
+    curve_points=20,
+    snr_particles=(1, 3),
+    snr_draws=3,
+    snr_points=8,
 )
 
 
@@ -48,9 +54,15 @@ def test_compare_writes_json_markdown_figures_and_run_directories(done):
     assert "| trace | 2 | 1 |" in md and "| dreg:num_particles=3 | 2 | 1 |" in md and "L_20" in md
     assert (out / "figures" / "curves.png").stat().st_size > 1000
     assert (out / "figures" / "gradient_snr.png").stat().st_size > 1000
+    dreg = doc["estimators"][1]
+    assert len(doc["runs"][0]["test"]["point_log_likelihoods"]) == 40 and math.isfinite(dreg["ll_vs_first"])
+    assert "L_20 minus first row" in md
     for job in done.jobs:
-        assert (job.run_dir and (done.out / "runs").exists())
-        assert json.loads((done.out / "runs" / job.run_dir.split("/runs/")[-1] / "summary.json").read_text())["epochs"] == 1
+        assert job.run_dir and (done.out / "runs").exists()
+        assert (
+            json.loads((done.out / "runs" / job.run_dir.split("/runs/")[-1] / "summary.json").read_text())["epochs"]
+            == 1
+        )
     assert all(len(r["curve"]) == 1 and "test_log_likelihood" in r["curve"][0] for r in done.records)
 
 
@@ -68,12 +80,17 @@ def test_same_seed_means_same_initialization_and_data_order(tmp_path):
 def test_plan_keeps_the_spec_beta_and_validates_before_work(tmp_path):
     jobs = plan(None, ["iwae", "dreg:beta=0.5"], out=tmp_path, overrides=[*TINY, "elbo.beta=0.2"])
     assert [j.config["elbo"]["beta"] for j in jobs] == [0.2, 0.5]
-    assert plan(None, ["iwae"], out=tmp_path, options=CompareOptions(train_particles=7))[0].config["elbo"]["num_particles"] == 7
+    assert (
+        plan(None, ["iwae"], out=tmp_path, options=CompareOptions(train_particles=7))[0].config["elbo"]["num_particles"]
+        == 7
+    )
     with pytest.raises(SpecError, match="mixx"):
         plan(None, ["trace", "ciwae:mixx=2"], out=tmp_path)
     with pytest.raises(SpecError, match="listed twice"):
         plan(None, ["trace", "trace"], out=tmp_path)
-    assert snr_estimators(plan(None, ["iwae:num_particles=1", "iwae:num_particles=5", "ciwae:mix=0.5"], out=tmp_path)) == [
+    assert snr_estimators(
+        plan(None, ["iwae:num_particles=1", "iwae:num_particles=5", "ciwae:mix=0.5"], out=tmp_path)
+    ) == [
         "iwae",
         "ciwae:mix=0.5",
     ]
@@ -102,6 +119,20 @@ def test_aggregate_means_and_standard_errors_across_seeds():
     assert summary["curves"]["a"] == [{"epoch": 1, "test_elbo": -11.0}, {"epoch": 2, "test_elbo": -10.0}]
 
 
+def test_paired_differences_use_the_same_test_points_and_seeds():
+    recs = [_rec("a", 0, -9.0), _rec("b", 0, -8.0), _rec("a", 1, -9.0), _rec("b", 1, -8.0)]
+    pts = {("a", 0): [-10.0, -8.0, -9.0], ("b", 0): [-9.0, -7.5, -7.5], ("a", 1): [-10.0, -8.0, -9.0],
+           ("b", 1): [-9.0, -6.5, -7.5]}  # fmt: skip
+    for r in recs:
+        r["test"]["point_log_likelihoods"] = pts[r["label"], r["seed"]]
+    a, b = aggregate(recs)["estimators"]
+    assert a["ll_vs_first"] == 0.0 and a["ll_vs_first_se"] == 0.0
+    per_point = [1.0, 1.0, 1.5]  # b - a per point, averaged over the two seeds
+    assert b["ll_vs_first"] == pytest.approx(sum(per_point) / 3)
+    assert b["ll_vs_first_se"] == pytest.approx(math.sqrt(((1 - 7 / 6) ** 2 * 2 + (1.5 - 7 / 6) ** 2) / 2 / 3))
+    assert math.isnan(aggregate([_rec("a", 0, -9.0)])["estimators"][0]["ll_vs_first"])  # no per-point values
+
+
 def test_cli_compare_and_gradients(tmp_path, capsys, done):
     sets = [a for s in TINY for a in ("--set", s)]
     argv = ["compare", "--estimators", "iwae:num_particles=2,stl", "--particles", "5", "--eval-points", "10"]
@@ -110,7 +141,10 @@ def test_cli_compare_and_gradients(tmp_path, capsys, done):
     assert "| stl | 1 | 1 |" in capsys.readouterr().out
     assert (tmp_path / "c" / "compare.json").is_file()
     run_dir = done.jobs[0].run_dir
-    assert main(["gradients", run_dir, "--estimators", "iwae,dreg", "--particles", "1,2", "--draws", "3", "--points", "4"]) == 0
+    assert (
+        main(["gradients", run_dir, "--estimators", "iwae,dreg", "--particles", "1,2", "--draws", "3", "--points", "4"])
+        == 0
+    )
     stats = json.loads((done.out / "runs" / "trace-seed0" / "gradients.json").read_text())
     assert len(stats) == 8
     assert main(["compare", "--estimators", "nope", "--out", str(tmp_path / "d")]) == 2

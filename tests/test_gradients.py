@@ -61,7 +61,12 @@ def test_stats_are_computed_from_the_draws_and_leave_the_rng_alone(toy):
     before = torch.get_rng_state()
     stats = gradient_stats(vae, x, [{"kind": "trace"}], (1, 3), draws=5)
     assert torch.equal(torch.get_rng_state(), before)
-    assert [(s.num_particles, s.group) for s in stats] == [(1, "encoder"), (1, "decoder"), (3, "encoder"), (3, "decoder")]
+    assert [(s.num_particles, s.group) for s in stats] == [
+        (1, "encoder"),
+        (1, "decoder"),
+        (3, "encoder"),
+        (3, "decoder"),
+    ]
     enc = stats[0]
     assert enc.size == sum(p.numel() for p in vae.guide.parameters()) and enc.draws == 5
     assert enc.variance > 0 and enc.mean_abs > 0 and enc.snr > 0
