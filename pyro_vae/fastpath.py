@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from ._typing import Tensor
 from .estimators import IWAE_ELBO, Renyi_ELBO, iwae_bound
 from .guides.base import AmortizedGuide
+from .guides.normal import DiagonalNormalGuide
 from .models import likelihoods
 from .models.priors import StandardNormal
 from .models.vae import Generative
@@ -154,27 +155,39 @@ def particle_terms(
     handlers = _handlers()
     if handlers == "other":
         return None
-    q: Any = guide.dist(x, cond)
-    if not q.has_rsample:
-        return None
+    q: Any
+    qn: tuple[Tensor, Tensor] | None
+    if type(guide) is DiagonalNormalGuide:  # its head() written out: no Distribution object on the hot path
+        h = guide.encoder(x, cond)
+        qn = guide.loc(h), F.softplus(guide.raw_scale(h)) + guide.min_scale
+        q = None
+    else:
+        q = guide.dist(x, cond)
+        if not q.has_rsample:
+            return None
+        qn = _diag_normal(q)
     K = num_particles
     beta_q = guide.kl_weight if scaled else 1.0
     beta_p = model.kl_weight if scaled else 1.0
-    # the standard-normal prior needs no Distribution object except for a closed-form KL
-    p: Any = None if type(model.prior) is StandardNormal and not analytic_kl else _prior(model, cond)
-    qn = _diag_normal(q)
+    standard = type(model.prior) is StandardNormal  # N(0, I): closed forms need no Distribution object
+    p: Any = None if standard else _prior(model, cond)
     kl: Tensor | None = None
     latent: Tensor | None = None
     if analytic_kl:  # before any draw: a fallback must leave the random stream untouched
-        pn = _diag_normal(p)
-        if qn is not None and pn is not None:
+        pn = None if standard else _diag_normal(p)
+        if qn is not None and standard:
+            var = qn[1].pow(2)
+            kl = (0.5 * (var + qn[0].pow(2) - 1 - var.log())).sum(-1)
+        elif qn is not None and pn is not None:
             ploc, pscale = pn
             var_ratio = (qn[1] / pscale).pow(2)
             t1 = ((qn[0] - ploc) / pscale).pow(2)
             kl = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
         else:
+            if q is None:
+                q = PyroNormal(*qn).to_event(1)  # type: ignore[misc]
             try:
-                kl = kl_divergence(q, p)
+                kl = kl_divergence(q, _prior(model, cond) if p is None else p)
             except NotImplementedError:
                 return None
         if beta_q != 1.0:
@@ -187,6 +200,8 @@ def particle_terms(
         eps = _PYRO_STACK[-1]._draw((K, *loc.shape), 1, loc.dtype, loc.device)  # type: ignore[attr-defined]
         z = loc + eps * scale
     elif handlers == "noise":  # the draw goes through the noise handler exactly as in the guide's trace
+        if q is None:
+            q = PyroNormal(*qn).to_event(1)  # type: ignore[misc]
         with pyro.plate("num_particles_vectorized", K, dim=-2), pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", q)
         qn = None
@@ -196,6 +211,7 @@ def particle_terms(
         eps = torch.empty((K, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()  # = Normal.rsample
         z = loc + eps * scale
     else:
+        assert q is not None
         z = q.rsample((K,))
         log_q = None if analytic_kl else q.log_prob(z)
     if not analytic_kl:
