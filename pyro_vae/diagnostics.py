@@ -26,6 +26,8 @@ posterior family:
 
 Outputs in ``--out`` (default ``RUN_DIR/diagnostics``): ``diagnostics.json`` (every number),
 ``posterior.nc`` (ArviZ InferenceData, see :func:`inference_data`), ``figures/*.png`` and a verdict.
+In the JSON, non-finite numbers are ``null``: k-hat is ``-inf`` when the log ratios are constant up to
+rounding (q equals the posterior up to a constant) and ``inf`` when ArviZ cannot fit the tail.
 """
 
 from __future__ import annotations
@@ -562,7 +564,7 @@ class Diagnosis:
 
     def report(self) -> dict[str, Any]:
         k = self.psis["khat"]
-        finite = np.where(np.isfinite(k), k, np.nan)
+        ranked = np.where(np.isnan(k), np.inf, k)  # NaN (failed fit) ranks as worst; -inf (constant ratios) as best
         order = np.argsort(np.where(np.isnan(k), np.inf, k))[::-1]
         worst = [
             {
@@ -585,7 +587,9 @@ class Diagnosis:
                 "points": len(k),
                 "samples": self.log_ratios.shape[1],
                 **khat_shares(k),
-                "khat_quantiles": {str(p): float(np.nanquantile(finite, p)) for p in (0.05, 0.25, 0.5, 0.75, 0.95)},
+                "khat_quantiles": {
+                    str(p): float(np.quantile(ranked, p, method="nearest")) for p in (0.05, 0.25, 0.5, 0.75, 0.95)
+                },
                 "khat_max": float(np.max(np.where(np.isnan(k), np.inf, k))),
                 "mean_elbo": float(self.psis["elbo"].mean()),
                 "mean_iwae": float(self.psis["iwae"].mean()),
