@@ -168,7 +168,7 @@ def check_guide(vae: Any, x: Tensor, cond: Tensor | None) -> None:
             f"diagnose: guide {type(vae.guide).__name__} gives {type(q).__name__} (event dim {q.event_dim}, "
             f"rsample {q.has_rsample}); diagnostics need a continuous reparameterized q(z|x) with event dim 1"
         )
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the seeded stream of the checks untouched
         two = q.sample((2,))
     if torch.equal(two[0], two[1]):
         raise RunError(
