@@ -18,4 +18,5 @@ for v in loss ema; do
     --set model.hidden=16 --set model.codebook_update=$v --out "$OUT/vq_$v" --force
   python "$HERE/vq_figures.py" "$OUT/vq_$v"
 done
+python "$HERE/vq_ar_prior.py" "$OUT/vq_ema" --epochs 10 --hidden 256   # autoregressive (MADE) code prior
 python "$HERE/cvae_quadrants.py" "$OUT/quadrants" --limit 20000 --epochs 3 --particles 50
