@@ -342,11 +342,10 @@ def context() -> Context:
     if not dist.is_available():
         raise RunError("this torch build has no torch.distributed; run without torchrun")
     if not dist.is_initialized():
-        use_nccl = (
-            torch.cuda.is_available() and dist.is_nccl_available() and os.environ.get("PYRO_VAE_DIST_BACKEND") != "gloo"
-        )
-        backend = os.environ.get("PYRO_VAE_DIST_BACKEND") or ("nccl" if use_nccl else "gloo")
-        if backend == "nccl":
+        # With CUDA: NCCL for CUDA tensors, gloo for CPU ones (train.device: cpu; object broadcasts).
+        use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
+        backend = os.environ.get("PYRO_VAE_DIST_BACKEND") or ("cpu:gloo,cuda:nccl" if use_nccl else "gloo")
+        if "nccl" in backend:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend=backend)
         atexit.register(_destroy)
