@@ -2,8 +2,9 @@
 
 ``torchrun --nproc_per_node=N -m pyro_vae train SPEC`` starts N copies of the ordinary ``train``
 command; :func:`context` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``/``MASTER_PORT``) and joins the process group (NCCL on CUDA, gloo on CPU). Without
-those variables everything here is a no-op and ``fit`` runs as one process.
+``MASTER_ADDR``/``MASTER_PORT``) and joins the process group (NCCL for CUDA tensors, gloo for CPU
+ones). With ``WORLD_SIZE`` unset or 1 there is no process group and ``fit`` runs as one process
+(the step noise below is used there too, which is what makes the runs comparable).
 
 What makes N processes train *the same model* as one process with the same global batch:
 
@@ -11,7 +12,8 @@ What makes N processes train *the same model* as one process with the same globa
   rank ``r`` takes the contiguous block ``r`` of it (:meth:`Context.shard`, sizes differ by at most
   one, a ragged last batch included; a rank may get no rows at all).
 - **Loss normalisation.** Each rank divides its summed loss by the *global* batch size and the
-  gradients are **summed** across ranks (one flat all-reduce per step, :meth:`Context.all_reduce_step`),
+  gradients are **summed** across ranks (:meth:`Context.wrap_loss`: the loss value is summed over
+  ranks in forward, and one flat all-reduce of the gradients ends every ``backward``),
   so ``sum_r d(L_r / B) = d(L / B)``: exactly the single-process gradient, ragged batches included
   (averaging over ranks, as DDP's default does, would weight a short shard wrongly). Parameters that
   got no gradient on any rank keep ``grad=None``, as in one process (Adam then leaves them alone).
@@ -29,11 +31,15 @@ What makes N processes train *the same model* as one process with the same globa
   figures) and computes the evaluation metrics; :meth:`Context.on_main` runs such a function on rank 0
   and hands its result, or its error, to every rank, so a bad run directory stops all ranks with the
   same one-line message instead of leaving them waiting.
+- **Stops are collective.** A SIGINT/SIGTERM (pyro_vae/interrupt.py) on any rank is agreed on at the
+  next gradient all-reduce, so every rank stops after the same step and rank 0's mid-epoch checkpoint
+  resumes exactly.
 
-Gradients are combined by an explicit all-reduce after ``backward`` rather than by wrapping the
-estimator module in ``DistributedDataParallel``: the Pyro trace path stays untouched, the sum/global-B
-normalisation above is exact, and empty shards need no special casing. The result is the same
-synchronous data-parallel SGD as DDP (one bucket, no overlap of communication with backward).
+Gradients are combined by an explicit all-reduce queued at the end of ``backward`` (the hook DDP's
+reducer uses) rather than by wrapping the estimator module in ``DistributedDataParallel``: the Pyro
+trace path and the fast path stay untouched, the sum/global-B normalisation above is exact, and empty
+shards need no special casing. The result is the same synchronous data-parallel SGD as DDP (one
+bucket, no overlap of communication with backward).
 """
 
 from __future__ import annotations
