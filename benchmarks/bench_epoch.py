@@ -53,6 +53,9 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"fast_path": [], "pyro_path": []}
     setup_cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        fit(
+            spec(args.device, args.batch, args.elbo), overrides=["train.epochs=0"], out=Path(tmp) / "warm-up"
+        )  # first-call costs
         for name, on in (("fast_path", True), ("pyro_path", False)):  # the same run without its epoch
             c0 = time.process_time()
             fit(spec(args.device, args.batch, args.elbo), overrides=[f"train.fast_path={str(on).lower()}", "train.epochs=0"],
