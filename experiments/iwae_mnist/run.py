@@ -77,7 +77,7 @@ def paper_table(doc: dict) -> str:
     ]
     runs = {r["label"]: r for r in doc["runs"]}
     for r in doc["estimators"]:
-        kind, k = r["estimator"].split(":")[0], int(r["estimator"].rsplit("=", 1)[-1])
+        kind, k = r["estimator"].split(":")[0], _cost(r["estimator"])
         paper = PAPER.get((kind, k))
         cfg = yaml.safe_load((Path(runs[r["estimator"]]["run_dir"]) / "config.yaml").read_text())
         ntrain = (cfg["data"]["limit"] or 60000) - int(cfg["data"]["valid_size"])
