@@ -160,10 +160,25 @@ def apply_overrides(spec: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 node[part] = nxt
             node = nxt
         if parts[-1] in ("kind", "name") and len(parts) > 1 and node.get(parts[-1]) not in (None, value):
-            # Switching a component's kind: the old kind's parameters would not fit the new one.
-            node.clear()
+            _drop_foreign_keys(node, parts[-2], value)
         node[parts[-1]] = value
     return spec
+
+
+def _drop_foreign_keys(node: dict[str, Any], group: str, new_kind: Any) -> None:
+    """Switching a component's kind: drop the old kind's parameters that the new kind lacks.
+
+    Options common to the group (``data.binarize``, ``elbo.beta``, ...) and parameters both kinds
+    share are kept, so ``--set data.name=mnist`` keeps ``data.valid_size``.
+    """
+    try:
+        entry = REGISTRY.get(group, new_kind)
+    except (KeyError, SpecError):
+        node.clear()  # unknown group or kind: validation will name the problem
+        return
+    keep = set(entry.params) | set(REGISTRY.common(group))
+    for k in [k for k in node if k not in keep]:
+        del node[k]
 
 
 # --------------------------------------------------------------------------- validation

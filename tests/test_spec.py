@@ -92,3 +92,12 @@ def test_switching_kind_drops_the_old_kinds_parameters():
     assert r["model"]["network"]["kind"] == "conv" and r["model"]["network"]["filters"] == 4
     assert "hidden" not in r["model"]["network"]
     assert spec.from_args(None, ["train.lr=1e-3"])["train"]["lr"] == 0.001  # YAML 1.1 reads 1e-3 as text
+
+
+def test_switching_kind_keeps_common_and_shared_options():
+    r = spec.from_args(None, ["data.valid_size=400", "data.binarize=static", "data.name=mnist"])
+    assert r["data"]["valid_size"] == 400 and r["data"]["binarize"] == "static"
+    r = spec.from_args(None, ["elbo.beta=2", "elbo.kind=iwae"])
+    assert r["elbo"]["beta"] == 2.0
+    r = spec.from_args(None, ["model.network.activation=tanh", "model.network.kind=conv"])
+    assert r["model"]["network"]["activation"] == "tanh"  # both kinds take an activation
