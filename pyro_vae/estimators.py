@@ -102,7 +102,23 @@ def log_terms(
     return LogTerms(o, lt, guide_tr)
 
 
-class LogWeightELBO(ELBO):
+class DifferentiableLossMixin:
+    """``loss`` and ``loss_and_grads`` for an ELBO whose work is all in ``differentiable_loss``."""
+
+    def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss.detach())
+
+
+class LogWeightELBO(DifferentiableLossMixin, ELBO):
     """An estimator that is a function of the ``(K, B)`` log-weights; subclasses define :meth:`objective`.
 
     ``differentiable_loss`` returns ``-sum_b objective_b``; gradients flow through the
@@ -124,14 +140,6 @@ class LogWeightELBO(ELBO):
         terms = log_terms(model, guide, args, kwargs, self.num_particles)
         return -self.objective(terms).sum()
 
-    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss.detach())
 
 
 def iwae_bound(log_weight: Tensor) -> Tensor:
@@ -411,7 +419,7 @@ class _DetachedSampling(Messenger):
             msg["fn"] = _NoRsample(msg["fn"])
 
 
-class ScoreFunction_ELBO(TraceGraph_ELBO):
+class ScoreFunction_ELBO(DifferentiableLossMixin, TraceGraph_ELBO):
     """Likelihood-ratio (REINFORCE) gradients of the ELBO via Pyro's ``TraceGraph_ELBO`` (seed 001).
 
     The guide is run with every latent site made non-reparameterized, so the guide gets
@@ -454,14 +462,6 @@ class ScoreFunction_ELBO(TraceGraph_ELBO):
         loss = -elbo
         return surrogate + (loss - surrogate).detach()
 
-    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss.detach())
 
 
 def _num_points(args: tuple[Any, ...]) -> int:

@@ -28,7 +28,7 @@ from torch.distributions import kl_divergence
 
 from ._typing import NonNegativeFloat, PositiveInt, Tensor
 from .errors import SpecError
-from .estimators import MAX_PLATE_NESTING, log_terms
+from .estimators import MAX_PLATE_NESTING, DifferentiableLossMixin, log_terms
 from .registry import register
 
 
@@ -50,7 +50,7 @@ def kl_per_dimension(q: Any, p: Any, z: Tensor) -> Tensor:
     return qb.log_prob(z) - pb.log_prob(z)
 
 
-class FreeBitsELBO(ELBO):
+class FreeBitsELBO(DifferentiableLossMixin, ELBO):
     """E_q[log p(x|z)] - beta * sum_j max(lam, KL_j), K vectorized particles; loss summed over the batch."""
 
     def __init__(self, lam: float, num_particles: int = 1) -> None:
@@ -70,14 +70,6 @@ class FreeBitsELBO(ELBO):
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:  # abstract in ELBO; unused
         raise NotImplementedError
 
-    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss.detach())
 
 
 @register("elbo", "free_bits")

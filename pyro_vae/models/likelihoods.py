@@ -88,16 +88,18 @@ class ContinuousBernoulli(Likelihood):
         _check_unit_interval("continuous_bernoulli", x, where)
 
 
-@register("likelihood", "gaussian", context=("event_shape",))
-class Gaussian(Likelihood):
-    """Normal(decoder mean, sigma): sigma fixed, ``learned`` (one shared) or ``learned_per_feature``."""
+class LocScale(Likelihood):
+    """Base of location-scale likelihoods: the decoder gives the location; the scale is fixed, one
+    learned number (``learned``) or one per data element (``learned_per_feature``)."""
+
+    family: type[dist.Distribution] = dist.Normal
 
     def __init__(
         self,
         *,
         event_shape: Shape,
         scale: Union[PositiveFloat, Literal["learned", "learned_per_feature"]] = "learned",
-        min_scale: PositiveFloat = 1e-3,  # floor on sigma: keeps a learned scale from collapsing
+        min_scale: PositiveFloat = 1e-3,  # floor on the scale: keeps a learned scale from collapsing
     ) -> None:
         super().__init__(event_shape)
         self.min_scale = min_scale
@@ -109,48 +111,34 @@ class Gaussian(Likelihood):
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(scale)))
 
-    def sigma(self) -> Tensor:
+    def scale(self) -> Tensor:
         if self.learned:
             return F.softplus(self.raw_scale + math.log(math.e - 1)) + self.min_scale  # starts at 1 + min
         return self.fixed_scale
 
     def forward(self, params: Tensor) -> dist.Distribution:
         loc = self._param(params)
-        return self._event(dist.Normal(loc, self.sigma().expand(loc.shape[-len(self.event_shape):])))
+        return self._event(self.family(loc, self.scale().expand(loc.shape[-len(self.event_shape) :])))
 
     def mean(self, params: Tensor) -> Tensor:
         return self._param(params)
+
+
+@register("likelihood", "gaussian", context=("event_shape",))
+class Gaussian(LocScale):
+    """Normal(decoder mean, sigma): sigma fixed, ``learned`` (one shared) or ``learned_per_feature``."""
+
+    family = dist.Normal
+
+    def sigma(self) -> Tensor:
+        return self.scale()
 
 
 @register("likelihood", "laplace", context=("event_shape",))
-class Laplace(Likelihood):
+class Laplace(LocScale):
     """Laplace(decoder location, b): an L1-type reconstruction; b fixed, ``learned`` or ``learned_per_feature``."""
 
-    def __init__(
-        self,
-        *,
-        event_shape: Shape,
-        scale: Union[PositiveFloat, Literal["learned", "learned_per_feature"]] = "learned",
-        min_scale: PositiveFloat = 1e-3,  # floor on b: keeps a learned scale from collapsing
-    ) -> None:
-        super().__init__(event_shape)
-        self.min_scale = min_scale
-        self.learned = isinstance(scale, str)
-        if scale == "learned":
-            self.raw_scale = nn.Parameter(torch.zeros(()))
-        elif scale == "learned_per_feature":
-            self.raw_scale = nn.Parameter(torch.zeros(self.event_shape))
-        else:
-            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+    family = dist.Laplace
 
     def b(self) -> Tensor:
-        if self.learned:
-            return F.softplus(self.raw_scale + math.log(math.e - 1)) + self.min_scale  # starts at 1 + min
-        return self.fixed_scale
-
-    def forward(self, params: Tensor) -> dist.Distribution:
-        loc = self._param(params)
-        return self._event(dist.Laplace(loc, self.b().expand(loc.shape[-len(self.event_shape):])))
-
-    def mean(self, params: Tensor) -> Tensor:
-        return self._param(params)
+        return self.scale()
