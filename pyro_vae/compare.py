@@ -21,9 +21,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -151,7 +152,7 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
         run = load_run(job.run_dir)
         vae, data, history = run.vae, run.data, read_metrics(run.paths.metrics)
     t0 = time.perf_counter()
-    test = evaluate_model(vae, data, options)
+    test_result = evaluate_model(vae, data, options)
     seconds = [r["seconds"] for r in history]
     return {
         "label": job.label,
@@ -163,7 +164,7 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
         "train_seconds": sum(seconds),
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else float("nan"),
         "eval_seconds": time.perf_counter() - t0,
-        "test": test,
+        "test": test_result,
         "curve": curve,
     }
 

@@ -8,9 +8,10 @@ batched by index slices, not a DataLoader.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,11 +66,12 @@ class Dataset:
             raise DataError(f"the {name} split of {self.name!r} is empty")
         return x, y
 
-    def to(self, device: torch.device | str) -> "Dataset":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(
-            self, **{f: move(getattr(self, f)) for f in ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test")}
-        )
+    def to(self, device: torch.device | str) -> Dataset:
+        move = lambda t: None if t is None else t.to(device)
+        moved: dict[str, Any] = {
+            f: move(getattr(self, f)) for f in ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test")
+        }
+        return replace(self, **moved)
 
 
 def batches(
@@ -153,7 +155,7 @@ def _torchvision(cls_name: str, root: str | None, download: bool, files: tuple[s
                 if not download:
                     raise
                 ds = cls(str(path), train=train, download=True)
-        except Exception as e:  # torchvision raises RuntimeError/URLError/OSError offline
+        except Exception as e:  # noqa: BLE001  torchvision raises RuntimeError/URLError/OSError offline
             raise DataError(
                 f"{cls_name} not found under {str(path / cls_name / 'raw')!r} and could not be downloaded "
                 f"({type(e).__name__}); put {', '.join(files)} there or set data.root / $PYRO_VAE_DATA"
@@ -187,7 +189,7 @@ def npz(*, path: str) -> Splits:
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError for pickled/object arrays, EOFError
+    except Exception as e:  # noqa: BLE001  zipfile.BadZipFile, ValueError for pickled/object arrays, EOFError
         raise DataError(f"data.path: {str(p)!r} is not a readable .npz file ({type(e).__name__}: {e})") from None
     missing = [k for k in ("x_train", "x_test") if k not in arrays]
     if missing:
@@ -197,10 +199,9 @@ def npz(*, path: str) -> Splits:
             raise DataError(f"data.path: {str(p)!r} member {k!r} is not a NumPy array")
         if a.dtype.kind not in "biuf":
             raise DataError(f"data.path: array {k!r} has dtype {a.dtype}; expected numbers")
-    get = lambda k: _images(arrays[k]) if k in arrays else None  # noqa: E731
-    return Splits(
-        get("x_train"), get("x_test"), arrays.get("y_train"), arrays.get("y_test"), get("x_valid"), arrays.get("y_valid")
-    )
+    get = lambda k: _images(arrays[k]) if k in arrays else None
+    x_train, x_test = _images(arrays["x_train"]), _images(arrays["x_test"])  # both present: checked above
+    return Splits(x_train, x_test, arrays.get("y_train"), arrays.get("y_test"), get("x_valid"), arrays.get("y_valid"))
 
 
 # --------------------------------------------------------------------------- assembly
@@ -232,7 +233,7 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
         y_va = _labels(name, raw.y_valid, len(x_va), "valid")
     else:
         vs = float(cfg.get("valid_size", 0.0))
-        n_valid = int(round(vs * len(x_tr))) if vs < 1 else int(vs)
+        n_valid = round(vs * len(x_tr)) if vs < 1 else int(vs)
         if n_valid >= len(x_tr):
             raise DataError(f"data.valid_size: {vs:g} leaves no training data ({len(x_tr)} points)")
         cut = len(x_tr) - n_valid  # the last points of the training split, as Burda et al.
@@ -261,4 +262,4 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
     return Dataset(name, x_tr, x_va, x_te, y_tr, y_va, y_te, mode, num_classes).to(device)
 
 
-from . import celeba as _celeba  # noqa: E402,F401  (registers data name celeba; reads this module's helpers)
+from . import celeba as _celeba  # noqa: F401  (registers data name celeba; reads this module's helpers)

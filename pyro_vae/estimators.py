@@ -17,8 +17,9 @@ Conventions (the same for every estimator, so that they compare on equal footing
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import pyro
 import torch
@@ -81,7 +82,7 @@ def log_terms(
     model_tr = poutine.trace(poutine.replay(_vectorized(model, num_particles, dim), trace=guide_tr)).get_trace(
         *args, **kwargs
     )
-    key = "log_prob" if scaled else "unscaled_log_prob"
+    key: Literal["log_prob", "unscaled_log_prob"] = "log_prob" if scaled else "unscaled_log_prob"
     obs: Tensor | float = 0.0
     latent: Tensor | float = 0.0
     for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
@@ -185,7 +186,7 @@ def iwae(*, num_particles: PositiveInt = 5) -> ELBO:
     return IWAE_ELBO(num_particles)
 
 
-def _alpha_not_one(p: dict[str, Any]) -> None:
+def _alpha_not_one(p: Mapping[str, Any]) -> None:
     if p["alpha"] == 1.0:
         raise SpecError("alpha: 1 is the plain ELBO, not allowed here; use elbo.kind: trace (or alpha != 1)")
 

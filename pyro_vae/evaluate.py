@@ -72,10 +72,11 @@ class EvalResult:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def _posterior_mean(vae: VAE, x: Tensor, y: Tensor | None, draws: Tensor) -> Tensor:
+def _posterior_mean(vae: VAE, x: Tensor, y: Tensor | None, draws: Tensor | None) -> Tensor:
     try:
         return vae.posterior_mean(x, y)
     except NotImplementedError:  # e.g. a flow guide: no closed-form mean
+        assert draws is not None, "the guide trace has no 'z' site"
         return draws.mean(0)
 
 
@@ -100,7 +101,11 @@ def point_terms(
             xb = x[s : s + per]
             yb = None if y is None else y[s : s + per]
             cond = vae.cond(yb)
-            lse_parts, sum_w, sum_rec, sum_lat, draws = [], 0.0, 0.0, 0.0, None
+            lse_parts: list[Tensor] = []
+            sum_w: Tensor | float = 0.0
+            sum_rec: Tensor | float = 0.0
+            sum_lat: Tensor | float = 0.0
+            draws: Tensor | None = None
             done = 0
             while done < num_particles:
                 k = min(chunk, num_particles - done)
@@ -113,6 +118,8 @@ def point_terms(
                 if draws is None and "z" in t.guide_trace.nodes:
                     draws = t.guide_trace.nodes["z"]["value"]
                 done += k
+            # num_particles >= 1, so the loop ran and the sums are tensors
+            assert isinstance(sum_w, Tensor) and isinstance(sum_rec, Tensor) and isinstance(sum_lat, Tensor)
             ll = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_particles)
             out["ll"].append(ll)
             out["elbo"].append(sum_w / num_particles)

@@ -12,16 +12,20 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, data as data_mod, fastpath, interrupt, nonfinite, spec as spec_mod
+from . import checkpoint, fastpath, interrupt, nonfinite
+from . import data as data_mod
+from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
+from . import spec as spec_mod
 from .data import Dataset
 from .errors import RunError, SpecError
 from .evaluate import PointTerms, point_terms, summarize
@@ -29,11 +33,10 @@ from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import RunPaths, read_config, read_metrics, resolve_device
 from .schedules import kl_factor
-from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
 
 pyro.settings.set(module_local_params=True)
 
-_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "nadam": torch.optim.NAdam,
@@ -70,7 +73,7 @@ def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimi
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    _np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "data": gen.get_state(),
@@ -342,6 +345,7 @@ def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
 
 def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mod.TrainConfig) -> dict[str, Any]:
     res = summarize(point_terms(vae, ds.x_test, ds.y_test, tcfg.eval_particles), "test", tcfg.eval_particles)
+    extra_metrics: Callable[..., dict[str, Any]] | None = getattr(vae.guide, "extra_metrics", None)
     return {
         "test_elbo": res.elbo,
         "test_log_likelihood": res.log_likelihood,
@@ -355,7 +359,7 @@ def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mo
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "skipped_steps": history[-1]["skipped_steps"] if history else 0,
         # model-specific figures, e.g. VQ-VAE codebook usage/perplexity/dead codes (guide.extra_metrics)
-        **(vae.guide.extra_metrics(vae, ds.x_test) if hasattr(vae.guide, "extra_metrics") else {}),
+        **(extra_metrics(vae, ds.x_test) if extra_metrics is not None else {}),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import cast
 
 import pyro
 import pyro.distributions as dist
@@ -37,4 +38,5 @@ class AmortizedGuide(nn.Module):
         with pyro.plate("data", x.shape[0], dim=-1):
             scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else nullcontext()
             with scale:
-                return pyro.sample("z", self.dist(x, cond))
+                q = cast(dist.TorchDistribution, self.dist(x, cond))  # every head returns a Pyro TorchDistribution
+                return pyro.sample("z", q)

@@ -7,7 +7,8 @@ rejected before training with a message that names the fix.
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from collections.abc import Callable
+from typing import Literal
 
 import pyro.distributions as dist
 import torch
@@ -38,7 +39,7 @@ class Likelihood(nn.Module):
     def check_data(self, x: Tensor, where: str = "data") -> None:
         """Raise :class:`DataError` if this likelihood cannot score ``x``."""
 
-    def _event(self, d: dist.Distribution) -> dist.Distribution:
+    def _event(self, d: dist.TorchDistribution) -> dist.TorchDistribution:
         return d.to_event(len(self.event_shape))
 
     def _param(self, params: Tensor, i: int = 0) -> Tensor:
@@ -92,13 +93,14 @@ class LocScale(Likelihood):
     """Base of location-scale likelihoods: the decoder gives the location; the scale is fixed, one
     learned number (``learned``) or one per data element (``learned_per_feature``)."""
 
-    family: type[dist.Distribution] = dist.Normal
+    family: Callable[[Tensor, Tensor], dist.TorchDistribution] = dist.Normal  # family(loc, scale)
+    fixed_scale: Tensor  # a buffer, when the scale is fixed
 
     def __init__(
         self,
         *,
         event_shape: Shape,
-        scale: Union[PositiveFloat, Literal["learned", "learned_per_feature"]] = "learned",
+        scale: PositiveFloat | Literal["learned", "learned_per_feature"] = "learned",
         min_scale: PositiveFloat = 1e-3,  # floor on the scale: keeps a learned scale from collapsing
     ) -> None:
         super().__init__(event_shape)
