@@ -9,90 +9,95 @@ import pyro as _pyro
 
 _pyro.settings.set(module_local_params=True)
 
-from .data import Dataset  # noqa: E402
-from .errors import DataError, PyroVAEError, RunError, SpecError  # noqa: E402
-from .estimators import IWAE_ELBO, LogWeightELBO, Renyi_ELBO, log_terms  # noqa: E402
-from .evaluate import EvalResult, evaluate, point_terms  # noqa: E402
-from .guides import AmortizedGuide, DiagonalNormalGuide  # noqa: E402
-from .models import VAE, Bernoulli, ContinuousBernoulli, Gaussian, Generative, StandardNormal, build_model  # noqa: E402
-from .nets import conv, mlp  # noqa: E402
-from .guides import DeltaGuide, FlowGuide, FullRankGuide, LowRankGuide  # noqa: E402  (component zoo, #3)
-from .models import (  # noqa: E402  (component zoo, #3)
-    Categorical256,
-    DiscretizedLogisticLikelihood,
-    FlowPrior,
-    Laplace,
-    LearnedNormal,
-    MixturePrior,
-    VampPrior,
-)
-from .nets import conv64  # noqa: E402
-from .estimators import (  # noqa: E402  (estimators, #4)
+from .compare import CompareOptions, compare
+from .data import Dataset
+from .errors import DataError, PyroVAEError, RunError, SpecError
+from .estimators import (
     CIWAE_ELBO,
-    DReG_ELBO,
+    IWAE_ELBO,
     MIWAE_ELBO,
     PIWAE_ELBO,
     STL_ELBO,
+    DReG_ELBO,
+    LogWeightELBO,
+    Renyi_ELBO,
     ScoreFunction_ELBO,
+    log_terms,
 )
-from .compare import CompareOptions, compare  # noqa: E402  (#4)
-from .gradients import GradientStats, gradient_stats  # noqa: E402  (#4)
-from .registry import REGISTRY, register  # noqa: E402
-from .rundir import load_run  # noqa: E402
-from .spec import DEFAULT_SPEC, resolve  # noqa: E402
-from .train import FitResult, fit  # noqa: E402
+from .evaluate import EvalResult, evaluate, point_terms
+from .gradients import GradientStats, gradient_stats
+from .guides import AmortizedGuide, DeltaGuide, DiagonalNormalGuide, FlowGuide, FullRankGuide, LowRankGuide
+from .models import (
+    VAE,
+    Bernoulli,
+    Categorical256,
+    ContinuousBernoulli,
+    DiscretizedLogisticLikelihood,
+    FlowPrior,
+    Gaussian,
+    Generative,
+    Laplace,
+    LearnedNormal,
+    MixturePrior,
+    StandardNormal,
+    VampPrior,
+    build_model,
+)
+from .nets import conv, conv64, mlp
+from .registry import REGISTRY, register
+from .rundir import load_run
+from .spec import DEFAULT_SPEC, resolve
+from .train import FitResult, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    # component zoo (#3)
-    "Categorical256",
-    "DeltaGuide",
-    "DiscretizedLogisticLikelihood",
-    "FlowGuide",
-    "FlowPrior",
-    "FullRankGuide",
-    "Laplace",
-    "LearnedNormal",
-    "LowRankGuide",
-    "MixturePrior",
-    "VampPrior",
-    "conv64",
-    # estimators, compare, gradient statistics (#4)
     "CIWAE_ELBO",
-    "CompareOptions",
-    "DReG_ELBO",
-    "GradientStats",
-    "MIWAE_ELBO",
-    "PIWAE_ELBO",
-    "STL_ELBO",
-    "ScoreFunction_ELBO",
-    "compare",
-    "gradient_stats",
     "DEFAULT_SPEC",
     "IWAE_ELBO",
+    "MIWAE_ELBO",
+    "PIWAE_ELBO",
     "REGISTRY",
+    "STL_ELBO",
     "VAE",
     "AmortizedGuide",
     "Bernoulli",
+    "Categorical256",
+    "CompareOptions",
     "ContinuousBernoulli",
+    "DReG_ELBO",
     "DataError",
     "Dataset",
+    "DeltaGuide",
     "DiagonalNormalGuide",
+    "DiscretizedLogisticLikelihood",
     "EvalResult",
     "FitResult",
+    "FlowGuide",
+    "FlowPrior",
+    "FullRankGuide",
     "Gaussian",
     "Generative",
+    "GradientStats",
+    "Laplace",
+    "LearnedNormal",
     "LogWeightELBO",
+    "LowRankGuide",
+    "MixturePrior",
     "PyroVAEError",
     "Renyi_ELBO",
     "RunError",
+    "ScoreFunction_ELBO",
     "SpecError",
     "StandardNormal",
+    "VampPrior",
     "build_model",
+    "compare",
     "conv",
+    "conv64",
     "evaluate",
     "fit",
+    "gradient_stats",
     "load_run",
     "log_terms",
     "mlp",

@@ -8,8 +8,9 @@ in ``typing.Annotated`` so the same signature documents, validates and builds::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 import torch
 
@@ -29,9 +30,7 @@ class Interval:
     def contains(self, x: float) -> bool:
         if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
             return False
-        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
-            return False
-        return True
+        return not (self.high is not None and (x > self.high or (self.high_open and x == self.high)))
 
     def describe(self) -> str:
         lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
@@ -67,6 +66,6 @@ __all__ = [
     "PositiveInt",
     "Shape",
     "Tensor",
-    "UnitInterval",
     "Union",
+    "UnitInterval",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pyro.distributions import Independent, Normal
 from pyro.infer import ELBO
 from torch.distributions import kl_divergence

@@ -11,8 +11,9 @@ Also exposed as ``pyro_vae.evaluate.gradient_stats`` and ``pyro-vae gradients RU
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import yaml

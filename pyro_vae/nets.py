@@ -12,6 +12,7 @@ and returns a :class:`Networks` pair:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -79,7 +80,7 @@ class Networks:
 
 def _mlp(sizes: list[int], activation: str, last_activation: bool) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if last_activation or i < len(sizes) - 2:
             layers.append(_ACTIVATIONS[activation]())

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from ._typing import Shape, Tensor  # noqa: E402
-from .data import Dataset  # noqa: E402
-from .models.vae import VAE  # noqa: E402
+from ._typing import Shape, Tensor
+from .data import Dataset
+from .models.vae import VAE
 
 
 def as_images(x: Tensor, event_shape: Shape) -> np.ndarray | None:
@@ -46,7 +47,6 @@ def tile(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
 
 def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, title: str = "", row_labels: Sequence[str] = ()) -> None:
     grid = tile(images, rows, cols)
-    h, w = grid.shape[:2]
     tile_in = 0.5 if images.shape[1] <= 16 else 0.8  # inches per image: small digits drawn larger
     fig, ax = plt.subplots(figsize=(max(3.0, cols * tile_in + 0.6), max(2.0, rows * tile_in + 0.6)))
     ax.imshow(grid, cmap="Greys_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import SpecError
 

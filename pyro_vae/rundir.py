@@ -10,7 +10,9 @@ from typing import Any
 import torch
 import yaml
 
-from . import checkpoint, data as data_mod, spec as spec_mod
+from . import checkpoint
+from . import data as data_mod
+from . import spec as spec_mod
 from .data import Dataset
 from .errors import RunError
 from .models.vae import VAE, build_model

@@ -9,11 +9,13 @@ validation has no side effects.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -260,7 +262,7 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{key}: {value!r} is not valid; expected a number")
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):  # NaN or +-inf
             raise SpecError(f"{key}: {value!r} is not valid; expected a finite number")
         return float(value)
     if ann is str:
@@ -269,7 +271,7 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
         return value
     if ann is Any:
         return copy.deepcopy(value)
-    if origin in (dict, Mapping) or ann in (dict, Mapping):
+    if origin in (dict, typing.Mapping) or ann in (dict, typing.Mapping):
         if not isinstance(value, dict):
             raise SpecError(f"{key}: {value!r} is not valid; expected a mapping")
         return copy.deepcopy(value)

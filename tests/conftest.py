@@ -2,9 +2,9 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pyro  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pyro
+import pytest
+import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -73,7 +73,7 @@ def test_same_seed_means_same_initialization_and_data_order(tmp_path):
         assert all(torch.equal(s[k], states[0][k]) for k in s)
     assert {j.config["seed"] for j in jobs} == {3}
     # only elbo (and the run name) differ between the jobs' specs
-    strip = lambda c: {k: v for k, v in c.items() if k not in ("elbo", "name")}  # noqa: E731
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("elbo", "name")}
     assert all(strip(j.config) == strip(jobs[0].config) for j in jobs)
 
 

@@ -52,7 +52,7 @@ def test_iwae_equals_renyi_alpha_zero(lg):
 
 
 def test_trace_matches_pyro_trace_elbo_and_meanfield_matches_in_expectation(lg):
-    vae, x, (W, b, s) = lg
+    vae, x, _ = lg
     pyro.set_rng_seed(0)
     ref = Trace_ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1).loss(vae.model, vae.guide, x, None)
     assert float(_loss("trace", vae, x).detach()) == pytest.approx(ref, rel=1e-6)
@@ -83,7 +83,7 @@ def test_iwae_increases_with_k_and_stays_below_log_p(lg):
     for k in (1, 5, 50):
         reps = torch.stack([-_loss("iwae", vae, x, seed=r, num_particles=k) / len(x) for r in range(60)])
         means[k] = (float(reps.mean()), float(reps.std()) / math.sqrt(len(reps)))
-    (l1, s1), (l5, s5), (l50, s50) = means[1], means[5], means[50]
+    (l1, _s1), (l5, s5), (l50, s50) = means[1], means[5], means[50]
     assert l1 < l5 + 3 * s5 and l5 < l50 + 3 * s50
     assert l1 < l50  # strictly looser at K=1 for a diagonal guide on a correlated posterior
     assert l50 <= float(exact.mean()) + 3 * s50

@@ -149,7 +149,7 @@ def test_piwae_gives_each_parameter_group_its_own_bound(lg):
     lw = log_terms(vae.model, vae.guide, (x, None), {}, 6).log_weight
     dec_ref = torch.autograd.grad(-iwae_bound(lw).sum(), list(vae.model.parameters()), retain_graph=True)
     enc_ref = torch.autograd.grad(-miwae_bound(lw, 2).sum(), list(vae.guide.parameters()))
-    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])  # noqa: E731
+    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
     assert torch.allclose(_grads(loss, vae.model), flat(dec_ref), rtol=1e-4, atol=1e-5)
     assert torch.allclose(_grads(loss, vae.guide), flat(enc_ref), rtol=1e-4, atol=1e-5)
 

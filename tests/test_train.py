@@ -1,6 +1,7 @@
 """Training: run directory contract, exact resume, refusal to overwrite, Python API."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_resume_gives_the_same_numbers_as_a_straight_run(tmp_path, tiny):
     straight = fit(overrides=base + ["train.epochs=3"], out=tmp_path / "a")
     fit(overrides=base + ["train.epochs=2"], out=tmp_path / "b")
     resumed = fit(overrides=["train.epochs=3"], out=tmp_path / "b", resume=True)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
     assert strip(resumed.history) == strip(straight.history)
     sa, sb = load_ckpt(tmp_path / "a" / "checkpoint.pt"), load_ckpt(tmp_path / "b" / "checkpoint.pt")
     for k, v in sa["model"].items():
@@ -81,7 +82,7 @@ def test_load_run_restores_the_trained_model(tmp_path, tiny):
 def test_training_reduces_the_loss(tmp_path, tiny, override):
     res = fit(overrides=tiny + ["train.epochs=4", "train.figures=false", "data.limit=512"] + override, out=tmp_path / "r")
     losses = [r["train_loss"] for r in res.history]
-    assert all(map(lambda v: v == v and abs(v) < float("inf"), losses))
+    assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
 
 

@@ -7,8 +7,9 @@ optimizer trains and whose ``state_dict`` is the checkpoint (``module_local_para
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import pyro
 import torch
