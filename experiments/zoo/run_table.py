@@ -36,6 +36,9 @@ VARIANTS: list[tuple[str, list[str]]] = [
     ("prior flow (2x affine AR)", ["model.prior={kind: flow, num_flows: 2, hidden: [100]}"]),
     # The same VampPrior with a linear KL warm-up over the first 1,000 of the 2,000 steps (Bowman et al.).
     ("prior vamp (K=100) + KL warm-up", ["model.prior={kind: vamp, num_components: 100}", "train.kl_schedule=linear"]),
+    # The collapse is the tanh network's: the same pair with ReLU hidden units (everything else unchanged).
+    ("relu prior standard_normal", ["model.network.activation=relu"]),
+    ("relu prior vamp (K=100)", ["model.prior={kind: vamp, num_components: 100}", "model.network.activation=relu"]),
     ("guide full_rank", ["guide={kind: full_rank}"]),
     ("guide low_rank (r=2)", ["guide={kind: low_rank, rank: 2}"]),
     ("guide flow (2x cond. IAF)", ["guide={kind: flow, num_flows: 2, hidden: [100]}"]),
