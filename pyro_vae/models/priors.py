@@ -21,6 +21,9 @@ from ..registry import register
 class StandardNormal(nn.Module):
     """N(0, I): the prior of the seeds and of Kingma & Welling (2014)."""
 
+    loc: Tensor
+    scale: Tensor
+
     def __init__(self, *, latent_dim: int) -> None:
         super().__init__()
         self.register_buffer("loc", torch.zeros(latent_dim))
@@ -93,7 +96,7 @@ class EqualMixture(TorchDistribution):
         self.num_components = components.batch_shape[-1]
         super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=False)
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "EqualMixture":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> EqualMixture:
         return EqualMixture(self.components, torch.Size(batch_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
