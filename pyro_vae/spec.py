@@ -85,7 +85,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     },
     "guide": {"kind": "diagonal_normal"},
     "elbo": {"kind": "trace"},
-    "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3},
+    "train": {"epochs": 200, "batch_size": 32, "lr": 2e-3, "kl_schedule": "linear", "kl_steps": 3000},
 }
 
 _TOP = ("name", "seed", "data", "model", "guide", "elbo", "train")
@@ -95,8 +95,10 @@ _SECTIONS: dict[str, Any] = {"train": TrainConfig}
 def load(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Read a YAML spec (or return a copy of :data:`DEFAULT_SPEC` when ``path`` is None).
 
-    Keys missing from the file fall back to the default spec section by section: a file with only
-    ``elbo: {kind: iwae}`` trains the default model with IWAE.
+    Sections missing from the file fall back to the default spec's; a section present in the file
+    replaces the default's whole (its omitted keys take the component's or ``TrainConfig``'s own
+    defaults, never the default job's): a file with only ``elbo: {kind: iwae}`` trains the default
+    model with IWAE.
     """
     spec = copy.deepcopy(DEFAULT_SPEC)
     if path is None:
@@ -114,24 +116,8 @@ def load(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         return spec
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {str(p)!r} must hold a mapping of sections ({', '.join(_TOP)})")
-    for k, v in raw.items():
-        if isinstance(v, dict) and isinstance(spec.get(k), dict) and _same_kind(spec[k], v):
-            spec[k] = _merge(spec[k], v)
-        else:
-            spec[k] = v
+    spec.update(raw)
     return spec
-
-
-def _same_kind(default: dict[str, Any], new: dict[str, Any]) -> bool:
-    key = "name" if "name" in default else "kind"
-    return key not in new or new[key] == default.get(key)
-
-
-def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and _same_kind(out[k], v) else v
-    return out
 
 
 def _one_line(e: BaseException) -> str:

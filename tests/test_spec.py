@@ -35,12 +35,15 @@ def test_string_shorthand_for_a_component():
     assert r["guide"]["kind"] == "diagonal_normal"
 
 
-def test_file_sections_merge_with_defaults(tmp_path):
+def test_file_sections_replace_default_sections_whole(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("elbo: {kind: iwae, num_particles: 7}\ntrain: {epochs: 3}\n")
     r = spec.resolve(spec.load(p))
     assert r["elbo"]["num_particles"] == 7 and r["train"]["epochs"] == 3
-    assert r["train"]["batch_size"] == spec.DEFAULT_SPEC["train"]["batch_size"]
+    # omitted train keys take TrainConfig's defaults, not the default job's (no leaking warm-up)
+    assert r["train"]["batch_size"] == spec.TrainConfig.batch_size
+    assert r["train"]["kl_schedule"] == "constant" != spec.DEFAULT_SPEC["train"]["kl_schedule"]
+    assert r["model"] == spec.resolve(spec.load(None))["model"]  # missing sections: the default job's
 
 
 @pytest.mark.parametrize(
