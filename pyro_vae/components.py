@@ -23,7 +23,7 @@ def listing(group: str | None = None) -> str:
             lines += [_param_line(p) for p in common.values()]
         for name in REGISTRY.names(g):
             e = REGISTRY.get(g, name)
-            lines.append(f"  {name} - {e.description}")
+            lines.append(f"  {name} - {e.description.replace('``', '`')}")
             lines += [_param_line(p) for p in e.params.values()]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

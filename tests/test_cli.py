@@ -82,3 +82,15 @@ def test_console_script_subprocess_exit_code(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip() == "pyro-vae: error: train.epochs: 'x' is not valid; expected an integer"
+
+
+def test_readme_components_listing_is_the_commands_output():
+    """The README shows `pyro-vae components` for four groups; it must be what the registry prints."""
+    from pathlib import Path
+
+    from pyro_vae.components import listing
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```\nprior: priors p(z)") + 4
+    block = text[start : text.index("```", start)]
+    assert block == "".join(listing(g) for g in ("prior", "guide", "likelihood", "network"))
