@@ -47,13 +47,17 @@ class Likelihood(nn.Module):
         return params.select(-len(self.event_shape) - 1, i)
 
 
-def _check_unit_interval(name: str, x: Tensor, where: str) -> None:
+def check_unit_interval(
+    name: str,
+    x: Tensor,
+    where: str,
+    needs: str = "needs values in [0, 1]",
+    fix: str = "rescale the data or use likelihood kind: gaussian",
+) -> None:
+    """Raise :class:`DataError` naming the likelihood, the data's range and the fix if ``x`` leaves [0, 1]."""
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-        raise DataError(
-            f"model.likelihood: {name!r} needs values in [0, 1] but {where} spans [{lo:g}, {hi:g}]; "
-            "rescale the data or use likelihood kind: gaussian"
-        )
+        raise DataError(f"model.likelihood: {name!r} {needs} but {where} spans [{lo:g}, {hi:g}]; {fix}")
 
 
 @register("likelihood", "bernoulli", context=("event_shape",))
@@ -71,7 +75,7 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(self._param(params))
 
     def check_data(self, x: Tensor, where: str = "data") -> None:
-        _check_unit_interval("bernoulli", x, where)
+        check_unit_interval("bernoulli", x, where)
 
 
 @register("likelihood", "continuous_bernoulli", context=("event_shape",))
@@ -86,7 +90,7 @@ class ContinuousBernoulli(Likelihood):
         return self._event(dist.ContinuousBernoulli(logits=logits, validate_args=False))
 
     def check_data(self, x: Tensor, where: str = "data") -> None:
-        _check_unit_interval("continuous_bernoulli", x, where)
+        check_unit_interval("continuous_bernoulli", x, where)
 
 
 class LocScale(Likelihood):

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .._typing import Shape, Tensor
 from ..errors import DataError
 from ..registry import register
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, check_unit_interval
 
 LEVELS = 256
 _STEP = 1.0 / (LEVELS - 1)  # spacing of the levels in [0, 1]
@@ -36,12 +36,9 @@ def to_levels(x: Tensor) -> Tensor:
 
 def check_8bit(name: str, x: Tensor, where: str) -> None:
     """Raise :class:`DataError` unless ``x`` holds values k/255 in [0, 1]."""
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise DataError(
-            f"model.likelihood: {name!r} scores 8-bit images scaled to [0, 1], but {where} spans [{lo:g}, {hi:g}]; "
-            "use likelihood kind: gaussian or laplace"
-        )
+    check_unit_interval(
+        name, x, where, needs="scores 8-bit images scaled to [0, 1],", fix="use likelihood kind: gaussian or laplace"
+    )
     off = (x * (LEVELS - 1) - (x * (LEVELS - 1)).round()).abs()
     if float(off.max()) > 1e-3:
         bad = float(x.flatten()[int(off.flatten().argmax())])
