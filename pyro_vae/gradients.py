@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import yaml
 
 from ._typing import Tensor
-from .errors import SpecError
+from .errors import SpecError, brief
 from .models.vae import VAE
 from .registry import REGISTRY
+from .spec import parse_yaml
 
 #: Calls made before measuring, so stateful estimators (score_function's baseline) are warmed up.
 WARMUP_DRAWS = 5
@@ -58,10 +58,7 @@ def parse_estimator(item: str | Mapping[str, Any]) -> dict[str, Any]:
         if "=" not in pair:
             raise SpecError(f"estimator {item!r}: {pair!r} is not KEY=VALUE (e.g. iwae:num_particles=5)")
         k, v = pair.split("=", 1)
-        try:
-            raw[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise SpecError(f"estimator {item!r}: value {v!r} is not valid YAML") from None
+        raw[k.strip()] = parse_yaml(v, f"estimator {brief(item)}: value {brief(v)}")
     return raw
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from . import checkpoint
 from . import data as data_mod
@@ -61,10 +60,7 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
         raise RunError(f"run directory {str(paths.root)!r} does not exist")
     if not paths.config.is_file():
         raise RunError(f"{str(paths.root)!r} is not a pyro-vae run directory (no config.yaml)")
-    try:
-        raw = yaml.safe_load(paths.config.read_text())
-    except yaml.YAMLError as e:
-        raise RunError(f"{str(paths.config)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    raw = spec_mod.read_yaml(paths.config, "config", RunError)  # YAML 1.2 scalars, no duplicate keys, bounded aliases
     return spec_mod.resolve(raw)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
@@ -28,7 +28,7 @@ from ._typing import (
     PositiveFloat,
     PositiveInt,
 )
-from .errors import SpecError
+from .errors import PyroVAEError, SpecError, brief, cut, input_file
 from .registry import REGISTRY, Param, signature_params
 
 
@@ -98,26 +98,166 @@ def load(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     Sections missing from the file fall back to the default spec's; a section present in the file
     replaces the default's whole (its omitted keys take the component's or ``TrainConfig``'s own
     defaults, never the default job's): a file with only ``elbo: {kind: iwae}`` trains the default
-    model with IWAE.
+    model with IWAE. The file is read by :func:`read_yaml` (YAML 1.2 scalars, no duplicate keys,
+    bounded aliases).
     """
     spec = copy.deepcopy(DEFAULT_SPEC)
     if path is None:
         return spec
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"spec file {str(p)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {_one_line(e)}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"spec file {str(p)!r} is not a text file") from None
+    raw = read_yaml(path, "spec file")
     if raw is None:
         return spec
     if not isinstance(raw, dict):
-        raise SpecError(f"spec file {str(p)!r} must hold a mapping of sections ({', '.join(_TOP)})")
+        raise SpecError(f"spec file {brief(str(path), 200)} must hold a mapping of sections ({', '.join(_TOP)})")
     spec.update(raw)
     return spec
+
+
+# --------------------------------------------------------------------------- YAML
+
+#: Most nodes a YAML document may expand to once its aliases are followed (a spec has a few dozen).
+MAX_YAML_NODES = 10_000
+#: Largest spec or config.yaml read (a spec is a few hundred bytes).
+MAX_YAML_BYTES = 1 << 20
+
+# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution): ``010`` is 10, ``0o10`` is
+# 8, ``1:30`` and ``yes`` are strings, ``1e-3`` is a number; no timestamps, no ``<<`` merge keys.
+_CORE_12: list[tuple[str, str, str]] = [
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+    ("null", r"^(?:~|null|Null|NULL|)$", "~nN"),
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 core-schema scalars, no duplicate keys and bounded aliases."""
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {}
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expansion(node, MAX_YAML_NODES)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class names it
+                    break
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {brief(key)} (line {key_node.start_mark.line + 1})", None
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as e:  # e.g. ``!!int abc``, a 5000-digit integer
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {brief(node.value if isinstance(node.value, str) else '...')}: {e}",
+                node.start_mark,
+            ) from None
+
+
+def _construct_int(loader: yaml.SafeLoader, node: Any) -> int:
+    text = str(loader.construct_scalar(node))
+    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+    if digits[:2] in ("0o", "0x"):
+        return sign * int(digits[2:], 8 if digits[1] == "o" else 16)
+    return sign * int(digits, 10)  # int("010") == 10: no YAML 1.1 octal
+
+
+_TAG = "tag:yaml.org,2002:"
+for _kind, _regexp, _first in _CORE_12:
+    _Loader.add_implicit_resolver(_TAG + _kind, re.compile(_regexp), list(_first))
+_Loader.add_implicit_resolver(_TAG + "null", re.compile(_CORE_12[3][1]), [""])
+_Loader.add_constructor(_TAG + "int", _construct_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 *or* 1.2 would read as something else (``yes``, ``1e3``, ``0o7``)."""
+
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+
+
+for _first_char, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _Dumper.yaml_implicit_resolvers.setdefault(_first_char, []).extend(_resolvers)
+
+
+def _check_expansion(root: Any, limit: int) -> None:
+    """Refuse a document whose aliases expand to more than ``limit`` nodes, or refer to themselves.
+
+    Counted on the composed node graph (aliases are shared nodes there), so a "billion laughs"
+    bomb is refused before anything is expanded or copied.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to its own anchor (a recursive structure)", node.start_mark)
+        active.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(c) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        active.discard(key)
+        if n > limit:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand to more than {limit:,} values (an alias bomb?); write the values out",
+                node.start_mark,
+            )
+        sizes[key] = n
+        return n
+
+    if root is not None:
+        size(root)
+
+
+def parse_yaml(text: str, what: str, error: type[PyroVAEError] = SpecError) -> Any:
+    """Parse ``text`` (YAML 1.2 scalars, no duplicate keys, bounded aliases); ``what`` names it in errors."""
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader already refuses control characters here
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise error(f"{what} is not valid YAML: {cut(_one_line(e), 300)}") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: str | os.PathLike[str], what: str, error: type[PyroVAEError] = SpecError) -> Any:
+    """Read and parse a YAML file; a directory, FIFO, device, huge or non-UTF-8 file is one clear error."""
+    p = input_file(path, what, error, max_bytes=MAX_YAML_BYTES)
+    q = brief(str(p), 200)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise error(f"{what} {q} cannot be read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {q} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return parse_yaml(text, f"{what} {q}", error)
 
 
 def _one_line(e: BaseException) -> str:
@@ -129,15 +269,12 @@ def apply_overrides(spec: dict[str, Any], overrides: list[str] | tuple[str, ...]
     spec = copy.deepcopy(spec)
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
-            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+            raise SpecError(f"--set {brief(item)}: expected KEY=VALUE, e.g. --set train.epochs=5")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise SpecError(f"--set {item!r}: empty key segment in {key!r}")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise SpecError(f"--set {key}: value {text!r} is not valid YAML: {_one_line(e)}") from None
+            raise SpecError(f"--set {brief(item)}: empty key segment in {key!r}")
+        value = parse_yaml(text, f"--set {key}: value {brief(text)}") if text.strip() else None
         node: Any = spec
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part) if isinstance(node, dict) else None
@@ -204,12 +341,12 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
         out = check_value(key, value, base)
         for m in meta:
             if isinstance(m, Interval) and isinstance(out, (int, float)) and not m.contains(out):
-                raise SpecError(f"{key}: {value!r} is out of range; must be {m.describe()}")
+                raise SpecError(f"{key}: {brief(value)} is out of range; must be {m.describe()}")
         return out
     if origin is Literal:
         choices = typing.get_args(ann)
         if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices if c == value):
-            raise SpecError(f"{key}: {value!r} is not valid; valid choices: {', '.join(map(str, choices))}")
+            raise SpecError(f"{key}: {brief(value)} is not valid; valid choices: {', '.join(map(str, choices))}")
         return value
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         errors = []
@@ -219,26 +356,26 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
             except SpecError as e:
                 errors.append(e)
         if len(errors) == 1 or all("out of range" not in str(e) for e in errors):
-            raise SpecError(f"{key}: {value!r} is not valid; expected {_describe(ann)}")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected {_describe(ann)}")
         raise next(e for e in errors if "out of range" in str(e))
     if origin in (list, tuple) or origin is typing.Sequence:
         if not isinstance(value, (list, tuple)):
-            raise SpecError(f"{key}: {value!r} is not valid; expected {_describe(ann)}")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected {_describe(ann)}")
         args = [a for a in typing.get_args(ann) if a is not Ellipsis]
         return [check_value(f"{key}[{i}]", v, args[0]) if args else v for i, v in enumerate(value)]
     if ann is type(None):
         if value is not None:
-            raise SpecError(f"{key}: {value!r} is not valid; expected null")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected null")
         return None
     if ann is bool:
         if not isinstance(value, bool):
-            raise SpecError(f"{key}: {value!r} is not valid; expected true or false")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected true or false")
         return value
     if ann is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise SpecError(f"{key}: {value!r} is not valid; expected an integer")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected an integer")
         return value
     if ann is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -247,19 +384,19 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{key}: {value!r} is not valid; expected a number")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected a number")
         if not math.isfinite(value):  # NaN or +-inf
-            raise SpecError(f"{key}: {value!r} is not valid; expected a finite number")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected a finite number")
         return float(value)
     if ann is str:
         if not isinstance(value, str):
-            raise SpecError(f"{key}: {value!r} is not valid; expected a string")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected a string")
         return value
     if ann is Any:
         return copy.deepcopy(value)
     if origin in (dict, typing.Mapping) or ann in (dict, typing.Mapping):
         if not isinstance(value, dict):
-            raise SpecError(f"{key}: {value!r} is not valid; expected a mapping")
+            raise SpecError(f"{key}: {brief(value)} is not valid; expected a mapping")
         return copy.deepcopy(value)
     raise TypeError(f"{key}: unsupported annotation {ann!r}")  # a programming error, not user input
 
@@ -298,7 +435,7 @@ def resolve_component(group: str, raw: Any, key: str) -> dict[str, Any]:
     if isinstance(raw, str):
         raw = {kind_key: raw}
     if not isinstance(raw, dict):
-        raise SpecError(f"{key}: expected a mapping with '{kind_key}', got {raw!r}")
+        raise SpecError(f"{key}: expected a mapping with '{kind_key}', got {brief(raw)}")
     if kind_key not in raw:
         raise SpecError(f"{key}.{kind_key}: required; valid choices: {', '.join(REGISTRY.names(group))}")
     entry = REGISTRY.get(group, raw[kind_key], key=f"{key}.{kind_key}")
@@ -330,7 +467,7 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
         out[section] = resolve_component(section, spec[section], section)
     train = spec.get("train", {}) or {}
     if not isinstance(train, Mapping):
-        raise SpecError(f"train: expected a mapping, got {train!r}")
+        raise SpecError(f"train: expected a mapping, got {brief(train)}")
     out["train"] = _resolve_params("train", train, signature_params(TrainConfig), skip=())
     return out
 
@@ -340,7 +477,8 @@ def train_config(resolved: Mapping[str, Any]) -> TrainConfig:
 
 
 def to_yaml(resolved: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(resolved), sort_keys=False, default_flow_style=None)
+    """``config.yaml`` text; strings that YAML 1.1 or 1.2 would read as non-strings are quoted."""
+    return yaml.dump(dict(resolved), Dumper=_Dumper, sort_keys=False, default_flow_style=None)
 
 
 def from_args(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -360,6 +498,8 @@ __all__ = [
     "check_value",
     "from_args",
     "load",
+    "parse_yaml",
+    "read_yaml",
     "resolve",
     "resolve_component",
     "to_yaml",
