@@ -38,8 +38,16 @@ def _evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .rundir import load_run
 
+    if a.points is not None and a.points < 1:
+        from .errors import SpecError
+
+        raise SpecError(f"--points {a.points}: must be >= 1")
+    if not 0 <= a.seed < 2**32:
+        from .errors import SpecError
+
+        raise SpecError(f"--seed {a.seed}: must be in [0, 2**32 - 1]")
     run = load_run(a.run_dir, device=a.device)
-    res = evaluate(run.vae, run.data, a.split, a.particles)
+    res = evaluate(run.vae, run.data, a.split, a.particles, points=a.points or 0, seed=a.seed)
     res.save(run.paths.eval)
     print(res.table())
     print(f"written: {run.paths.eval}")
@@ -110,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--particles", type=int, default=5000, help="K importance samples (default 5000)")
     e.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    e.add_argument("--points", type=int, default=None, help="score a random subset of N points (default: all)")
+    e.add_argument("--seed", type=int, default=0, help="seeds the subset and the importance samples (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.set_defaults(func=_evaluate)
 

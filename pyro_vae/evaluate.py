@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import pyro
 import torch
 
 from ._typing import Tensor
@@ -21,6 +22,97 @@ from .models.vae import VAE
 
 #: Decoder evaluations (points x particles) per forward pass: bounds memory at any K.
 ROW_BUDGET = 1 << 14
+#: Draws per point behind the Monte Carlo posterior mean of a guide without a closed-form mean (a flow).
+MEAN_DRAWS = 256
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What the numbers computed from the log-weights log w = log p(x|z) + log p(z) - log q(z|x) are.
+
+    They are an ELBO and a bound L_K <= log p(x) only when the likelihood is a normalized density or
+    mass of the data actually scored and q(z|x) has a density. Two cases are not:
+
+    - ``normalized=False``: a Bernoulli likelihood on data that are not in {0, 1} (greyscale pixels)
+      scores sum_i x_i log p_i + (1 - x_i) log(1 - p_i), a negative cross-entropy that does not
+      integrate to one over the data; the same formulas then give a *Bernoulli cross-entropy bound*
+      (Loaiza-Ganem & Cunningham 2019 discuss why it is not a log-likelihood);
+    - ``point_mass=True``: q(z|x) = delta(z - f(x)) has no density, KL(q || p) = +inf and the ELBO is
+      -inf; log w = log p(x | f(x)) + log p(f(x)) is a point score (the MAP objective of an
+      autoencoder with a prior penalty), L_K = that same score for every K, and "KL" is the prior
+      penalty -log p(f(x)).
+
+    Every output (CLI tables, eval.json, summary.json, figures, compare tables) takes its labels from
+    :meth:`label`; :func:`measure_of` is the one rule that decides the case.
+    """
+
+    normalized: bool = True  # the likelihood is a normalized density/mass of the data scored
+    point_mass: bool = False  # q(z|x) is a point mass
+
+    @property
+    def kind(self) -> str:
+        """``log_likelihood``, ``cross_entropy``, ``point_score`` or ``point_cross_entropy``."""
+        if self.point_mass:
+            return "point_score" if self.normalized else "point_cross_entropy"
+        return "log_likelihood" if self.normalized else "cross_entropy"
+
+    @classmethod
+    def from_kind(cls, kind: str) -> Measure:
+        """The measure named by :attr:`kind` (as stored in eval.json and summary.json)."""
+        for m in (cls(True, False), cls(False, False), cls(True, True), cls(False, True)):
+            if m.kind == kind:
+                return m
+        raise ValueError(f"unknown measure kind {kind!r}")
+
+    def label(self, quantity: str, k: int | None = None) -> str | None:
+        """How to name ``quantity`` (elbo, log_likelihood, kl, reconstruction, train_objective);
+        None where it does not exist (a point mass has no bound and no finite KL)."""
+        ce = "Bernoulli cross-entropy" if not self.normalized else ""
+        if quantity == "elbo":
+            if self.point_mass:
+                return f"point-mass score log p(x|f(x)) + log p(f(x)){' (' + ce + ')' if ce else ''}"
+            return f"{ce} bound E_q[log w]" if ce else "ELBO"
+        if quantity == "log_likelihood":
+            if self.point_mass:
+                return None
+            kk = "K" if k is None else str(k)
+            return f"{ce} bound L_{kk}" if ce else f"log p(x) >= L_{kk}"
+        if quantity == "kl":
+            return "prior penalty -log p(f(x))" if self.point_mass else "KL(q(z|x) || p(z))"
+        if quantity == "reconstruction":
+            z = "f(x)" if self.point_mass else "z"
+            return f"reconstruction -cross-entropy E[log p(x|{z})]" if ce else f"reconstruction E[log p(x|{z})]"
+        if quantity == "train_objective":
+            return "training objective (the estimator's loss at the scheduled KL weight)"
+        raise ValueError(f"unknown quantity {quantity!r}")
+
+    def note(self) -> str:
+        """One sentence on why the numbers are not log p(x) bounds ('' when they are)."""
+        parts = []
+        if not self.normalized:
+            parts.append(
+                "the data are not binary, so the Bernoulli likelihood is a cross-entropy, not a normalized "
+                "log-likelihood (binarize the data, data.binarize: static or dynamic, or use "
+                "model.likelihood.kind: continuous_bernoulli for a bound on log p(x))"
+            )
+        if self.point_mass:
+            parts.append("q(z|x) is a point mass (guide.kind: delta): no ELBO, no bound on log p(x), KL = +inf")
+        return "; ".join(parts)
+
+    def labels(self, k: int | None = None) -> dict[str, str | None]:
+        return {q: self.label(q, k) for q in ("elbo", "log_likelihood", "kl", "reconstruction")}
+
+
+def measure_of(vae: Any, x: Tensor) -> Measure:
+    """The rule: what the log-weights of ``vae`` on the data ``x`` measure (see :class:`Measure`).
+
+    The likelihood declares whether it is normalized on ``x`` (``normalized_on``; a likelihood
+    without the method is taken as normalized); the guide declares a point mass (``is_point_mass``).
+    """
+    lik = getattr(getattr(vae, "model", None), "likelihood", None)
+    normalized_on = getattr(lik, "normalized_on", None)
+    normalized = True if normalized_on is None or not len(x) else bool(normalized_on(x))
+    return Measure(normalized=normalized, point_mass=bool(getattr(vae.guide, "is_point_mass", False)))
 
 
 @dataclass(frozen=True)
@@ -31,7 +123,11 @@ class PointTerms:
     log_likelihood: Tensor  # L_K = log mean_k w_k, a stochastic lower bound on log p(x)
     reconstruction: Tensor  # mean over K of log p(x|z)
     kl: Tensor  # mean over K of log q(z|x) - log p(z) (Monte Carlo KL)
-    posterior_mean: Tensor  # E_q[z|x], shape (N, latent_dim)
+    posterior_mean: Tensor  # E_q[z|x], shape (N, latent_dim); (N, 0) when not computed
+    # variance of each posterior_mean estimate, (N, latent_dim): 0 for a closed-form mean, Var_q[z|x] / S
+    # for the average of S draws (estimated from the draws); None: unknown (taken as 0)
+    posterior_mean_noise: Tensor | None = None
+    measure: Measure = Measure()  # what elbo, log_likelihood and kl are (see measure_of)
 
 
 @dataclass(frozen=True)
@@ -47,14 +143,20 @@ class EvalResult:
     kl: float
     reconstruction: float
     active_units: int
+    # a random subset of the split (evaluate --points): {"points", "of", "seed", "indices"}; None: all of it
+    subset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["subset"] is None:  # the whole split: eval.json keeps its documented keys
+            del d["subset"]
+        return d
 
     def table(self) -> str:
         rows = [
             ("split", self.split),
-            ("points", f"{self.n}"),
+            ("points", f"{self.n}" if self.subset is None else
+                       f"{self.n} of {self.subset['of']} (random subset, seed {self.subset['seed']})"),
             ("particles K", f"{self.num_particles}"),
             ("ELBO", f"{self.elbo:.3f}"),
             (f"log p(x) >= L_{self.num_particles}", f"{self.log_likelihood:.3f} ± {self.log_likelihood_stderr:.3f}"),
@@ -72,12 +174,48 @@ class EvalResult:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def _posterior_mean(vae: VAE, x: Tensor, y: Tensor | None, draws: Tensor | None) -> Tensor:
+def posterior_mean_stats(
+    vae: VAE, x: Tensor, y: Tensor | None = None, draws: int = MEAN_DRAWS, row_budget: int = ROW_BUDGET
+) -> tuple[Tensor, Tensor]:
+    """E_q[z|x] per point and the variance of that estimate, both ``(N, latent_dim)``.
+
+    Closed form where the guide's family has a mean (variance 0). Otherwise (a flow) the mean is the
+    average m_hat of ``draws`` = S draws, whose Monte Carlo variance Var_q[z|x] / S is estimated without
+    bias by the draws' sample variance / S. :func:`active_units` subtracts it: Var_x(m_hat) alone
+    overstates Var_x(E_q[z|x]) by the mean of Var_q[z|x] / S.
+    """
+    if draws < 2:
+        raise ValueError(f"draws must be >= 2 to estimate the Monte Carlo variance, got {draws}")
+    q = vae.guide.dist(x, vae.cond(y))
     try:
-        return vae.posterior_mean(x, y)
+        mean = q.mean.reshape(len(x), -1)
+        return mean, torch.zeros_like(mean)
     except NotImplementedError:  # e.g. a flow guide: no closed-form mean
-        assert draws is not None, "the guide trace has no 'z' site"
-        return draws.mean(0)
+        pass
+    per = max(1, row_budget // max(1, len(x)))  # draws per pass: at most row_budget rows at once
+    s1: Tensor | float = 0.0
+    s2: Tensor | float = 0.0
+    done = 0
+    while done < draws:
+        k = min(per, draws - done)
+        z = q.sample((k,)).reshape(k, len(x), -1).double()  # float64 sums: no cancellation in s2 - S m^2
+        s1, s2 = s1 + z.sum(0), s2 + z.square().sum(0)
+        done += k
+    assert isinstance(s1, Tensor) and isinstance(s2, Tensor)
+    m = s1 / draws
+    var = ((s2 - draws * m.square()) / (draws - 1)).clamp_min(0)  # unbiased sample variance of the draws
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return m.to(dtype), (var / draws).to(dtype)
+
+
+def _trace_mean_stats(draws: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and its Monte Carlo variance from the K particle draws ``(K, N, D)`` of a guide
+    without :meth:`dist` (a user's Pyro guide); with K = 1 the variance cannot be estimated (NaN)."""
+    k = len(draws)
+    mean = draws.mean(0).reshape(draws.shape[1], -1)
+    if k < 2:
+        return mean, torch.full_like(mean, math.nan)
+    return mean, (draws.var(0) / k).reshape(draws.shape[1], -1)
 
 
 @torch.no_grad()
@@ -87,13 +225,17 @@ def point_terms(
     y: Tensor | None = None,
     num_particles: int = 1,
     row_budget: int = ROW_BUDGET,
+    means: bool = True,
 ) -> PointTerms:
-    """Per-point estimates with K particles, chunked over points and particles (bounded memory)."""
+    """Per-point estimates with K particles, chunked over points and particles (bounded memory).
+
+    ``means=False`` skips the posterior means (for per-epoch curves; then active units are unknown).
+    """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     chunk = min(num_particles, row_budget)
     per = max(1, row_budget // chunk)
-    out: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "ll", "rec", "kl", "mean")}
+    out: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "ll", "rec", "kl", "mean", "noise")}
     was_training = vae.training
     vae.eval()
     try:
@@ -125,18 +267,44 @@ def point_terms(
             out["elbo"].append(sum_w / num_particles)
             out["rec"].append(sum_rec / num_particles)
             out["kl"].append(-sum_lat / num_particles)
-            out["mean"].append(_posterior_mean(vae, xb, yb, draws).reshape(len(xb), -1))
+            if not means:
+                mean = noise = torch.empty(len(xb), 0, device=xb.device)
+            elif hasattr(vae.guide, "dist"):
+                mean, noise = posterior_mean_stats(vae, xb, yb, row_budget=row_budget)
+            else:
+                assert draws is not None, "the guide trace has no 'z' site"
+                mean, noise = _trace_mean_stats(draws)
+            out["mean"].append(mean)
+            out["noise"].append(noise)
     finally:
         vae.train(was_training)
     cat = {k: torch.cat(v) for k, v in out.items()}
-    return PointTerms(cat["elbo"], cat["ll"], cat["rec"], cat["kl"], cat["mean"])
+    return PointTerms(cat["elbo"], cat["ll"], cat["rec"], cat["kl"], cat["mean"], cat["noise"], measure_of(vae, x))
 
 
-def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> int:
-    """Burda et al. (2015): unit u is active if Var_x(E_q[z_u|x]) > threshold."""
+def unit_variances(posterior_mean: Tensor, noise: Tensor | None = None) -> Tensor:
+    """Var_x(E_q[z_u|x]) per unit u, unbiased: the sample variance over points of the estimated means
+    minus the mean Monte Carlo variance of those estimates (``noise``, see :func:`posterior_mean_stats`).
+
+    With m_hat_i = m_i + e_i, e_i independent with variance v_i, E[Var_x(m_hat)] = Var_x(m) + mean_i v_i
+    exactly (sample variances with n - 1), so the difference is unbiased; its noise when Var_x(m) = 0 is
+    about mean_i(v_i) * sqrt(2 / (n - 1)).
+    """
+    var = posterior_mean.double().var(0)
+    if noise is not None:
+        var = var - noise.double().mean(0)
+    return var
+
+
+def active_units(posterior_mean: Tensor, threshold: float = 0.01, noise: Tensor | None = None) -> int:
+    """Burda et al. (2015): unit u is active if Var_x(E_q[z_u|x]) > threshold (default 0.01).
+
+    ``noise``: the Monte Carlo variance of each estimated mean (:attr:`PointTerms.posterior_mean_noise`),
+    removed from the variance (:func:`unit_variances`); a unit whose noise is unknown (NaN) is not counted.
+    """
     if len(posterior_mean) < 2:
         return 0
-    return int((posterior_mean.var(0) > threshold).sum())
+    return int((unit_variances(posterior_mean, noise) > threshold).sum())
 
 
 def summarize(terms: PointTerms, split: str, num_particles: int) -> EvalResult:
@@ -152,16 +320,46 @@ def summarize(terms: PointTerms, split: str, num_particles: int) -> EvalResult:
         log_likelihood_stderr=stderr,
         kl=float(terms.kl.double().mean()),
         reconstruction=float(terms.reconstruction.double().mean()),
-        active_units=active_units(terms.posterior_mean),
+        active_units=active_units(terms.posterior_mean, noise=terms.posterior_mean_noise),
+        measure=terms.measure.kind,
     )
 
 
+def random_subset(n: int, points: int, seed: int) -> Tensor:
+    """Sorted indices of ``points`` of ``range(n)`` drawn without replacement by a generator seeded with ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:points].sort().values
+
+
 def evaluate(
-    vae: VAE, data: Dataset, split: str = "test", num_particles: int = 5000, row_budget: int = ROW_BUDGET
+    vae: VAE,
+    data: Dataset,
+    split: str = "test",
+    num_particles: int = 5000,
+    row_budget: int = ROW_BUDGET,
+    *,
+    points: int = 0,
+    seed: int | None = None,
 ) -> EvalResult:
-    """ELBO, L_K log-likelihood (with standard error), KL, reconstruction and active units on a split."""
+    """ELBO, L_K log-likelihood (with standard error), KL, reconstruction and active units on a split.
+
+    ``points > 0`` scores a random subset of that many points of the split (:func:`random_subset`,
+    seeded by ``seed``, default 0; the whole split when it has no more points); the subset is recorded
+    in :attr:`EvalResult.subset`. A ``seed`` also seeds the importance samples, so the result repeats.
+    """
     x, y = data.split(split)
-    return summarize(point_terms(vae, x, y, num_particles, row_budget), split, num_particles)
+    subset: dict[str, Any] | None = None
+    if points < 0:
+        raise ValueError(f"points must be >= 0, got {points}")
+    if 0 < points < len(x):
+        s = 0 if seed is None else seed
+        idx = random_subset(len(x), points, s)
+        subset = {"points": points, "of": len(x), "seed": s, "indices": idx.tolist()}
+        x, y = x[idx.to(x.device)], (None if y is None else y[idx.to(y.device)])
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    res = summarize(point_terms(vae, x, y, num_particles, row_budget), split, num_particles)
+    return res if subset is None else replace(res, subset=subset)
 
 
 __all__ = [
@@ -173,5 +371,6 @@ __all__ = [
     "gradient_stats",
     "iwae_bound",
     "point_terms",
+    "random_subset",
     "summarize",
 ]
