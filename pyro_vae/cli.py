@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from . import runlock
 from .errors import PyroVAEError
 from .interrupt import Interrupted
 from .registry import GROUPS
@@ -27,11 +29,22 @@ def _train(a: argparse.Namespace) -> int:
     from .distributed import is_main
 
     if is_main():  # under torchrun, rank 0 alone reports
-        print(
-            f"done: {s['epochs']} epochs in {s['train_seconds']:.1f}s; test ELBO {s['test_elbo']:.3f}, "
-            f"log p(x) >= {s['test_log_likelihood']:.3f} (K={s['eval_particles']}) nats/point\nrun directory: {res.run_dir}"
-        )
+        print(_train_report(s) + f"\nrun directory: {res.run_dir}")
     return 0
+
+
+def _train_report(s: Mapping[str, Any]) -> str:
+    """The summary line, each number named as summary.json's ``labels`` name it (what it is)."""
+    from .evaluate import Measure
+
+    note = Measure.from_kind(s.get("measure", "log_likelihood")).note()
+    labels: Mapping[str, str] = s.get("labels") or {"test_elbo": "ELBO", "test_log_likelihood": "log p(x) >= L_K"}
+    keys = ("test_elbo", "test_point_score", "test_log_likelihood")
+    shown = [f"test {labels[k]} {s[k]:.3f}" for k in keys if k in labels and s.get(k) is not None]
+    return (
+        f"done: {s['epochs']} epochs in {s['train_seconds']:.1f}s; {', '.join(shown)} (K={s['eval_particles']}) "
+        "nats/point" + (f"\nnote: {note}" if note else "")
+    )
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -46,9 +59,12 @@ def _evaluate(a: argparse.Namespace) -> int:
         from .errors import SpecError
 
         raise SpecError(f"--seed {a.seed}: must be in [0, 2**32 - 1]")
-    run = load_run(a.run_dir, device=a.device)
+    held = runlock.open_reader(a.run_dir, "evaluate")  # no writer may start on the run until eval.json is written
+    run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
     res = evaluate(run.vae, run.data, a.split, a.particles, points=a.points or 0, seed=a.seed)
-    res.save(run.paths.eval)
+    assert run.checkpoint_path is not None
+    res = replace(res, checkpoint={"file": run.checkpoint_path.name, "epoch": run.epoch})
+    res.save(held.claim(run.paths.eval))
     print(res.table())
     print(f"written: {run.paths.eval}")
     return 0
@@ -61,7 +77,10 @@ def _sample(a: argparse.Namespace) -> int:
     from .plots import as_images, save_grid
     from .rundir import load_run
 
-    run = load_run(a.run_dir, device=a.device)
+    if a.out is not None:
+        runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
+    held = runlock.open_reader(a.run_dir, "sample")
+    run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
     y = None
     if a.label is not None:
         if not run.data.num_classes or not getattr(run.vae, "num_classes", 0):  # a label-conditioned CVAE
@@ -75,9 +94,13 @@ def _sample(a: argparse.Namespace) -> int:
     if imgs is None:
         raise SpecError(f"data of shape {run.data.event_shape} cannot be drawn as images")
     out = Path(a.out or run.paths.figures / "samples_cli.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if runlock.is_inside(out, run.paths.root):
+        held.claim(out)  # recorded in the run's manifest
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
     cols = min(a.num, 10)
-    save_grid(imgs, -(-a.num // cols), cols, out, title=f"{a.num} samples" + ("" if y is None else f", label {a.label}"))
+    title = f"{a.num} samples" + ("" if y is None else f", label {a.label}") + f" (checkpoint epoch {run.epoch})"
+    save_grid(imgs, -(-a.num // cols), cols, out, title=title)
     print(f"written: {out}")
     return 0
 
@@ -102,6 +125,9 @@ def _components(a: argparse.Namespace) -> int:
     return 0
 
 
+_CHECKPOINT_HELP = "last: checkpoint.pt (the last epoch, default); best: best.pt (the best held-out bound)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro model/guide pairs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -121,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--points", type=int, default=None, help="score a random subset of N points (default: all)")
     e.add_argument("--seed", type=int, default=0, help="seeds the subset and the importance samples (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last", help=_CHECKPOINT_HELP)
     e.set_defaults(func=_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run into a PNG")
@@ -129,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, default=None, help="class label (conditional models)")
     s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples_cli.png)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--checkpoint", choices=("last", "best"), default="last", help=_CHECKPOINT_HELP)
     s.set_defaults(func=_sample)
 
     g = sub.add_parser("diagnose", help="posterior diagnostics: PSIS k-hat, NUTS reference, gaps, SBC (ArviZ)")

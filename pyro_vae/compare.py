@@ -21,17 +21,17 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, runlock
 from . import spec as spec_mod
 from .errors import SpecError
-from .evaluate import point_terms, summarize
+from .evaluate import Measure, point_terms, summarize
 from .gradients import GradientStats, gradient_stats, parse_estimator, stats_table
 from .gradients import label as estimator_label
 from .rundir import load_run, read_metrics
@@ -182,8 +182,18 @@ def evaluate_model(vae: Any, data: Any, options: CompareOptions = CompareOptions
     return out
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
+def _mean(xs: Sequence[float | None]) -> float:
+    vals = [float("nan") if v is None else v for v in xs]  # None: a quantity the model does not have
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _number(test: Mapping[str, Any], q: str) -> float:
+    """``elbo`` or ``kl`` of an eval.json-style record; for a point-mass guide the point score or
+    prior penalty that stand in their place (see :meth:`pyro_vae.evaluate.Measure.fields`)."""
+    v = test.get(q)
+    if v is None:
+        v = test.get({"elbo": "point_score", "kl": "prior_penalty"}.get(q, q))
+    return float("nan") if v is None else float(v)
 
 
 def _se(xs: Sequence[float]) -> float:
@@ -206,11 +216,12 @@ def aggregate(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 "estimator": lab,
                 "seeds": [r["seed"] for r in rs],
                 "epochs": _mean([r["epochs"] for r in rs]),
-                "test_elbo": _mean([r["test"]["elbo"] for r in rs]),
+                "measure": rs[0]["test"].get("measure", "log_likelihood"),
+                "test_elbo": _mean([_number(r["test"], "elbo") for r in rs]),
                 "log_likelihood": _mean(ll),
                 "log_likelihood_se_seeds": _se(ll),
                 "log_likelihood_se_points": _mean([r["test"]["log_likelihood_stderr"] for r in rs]),
-                "kl": _mean([r["test"]["kl"] for r in rs]),
+                "kl": _mean([_number(r["test"], "kl") for r in rs]),
                 "reconstruction": _mean([r["test"]["reconstruction"] for r in rs]),
                 "active_units": _mean([r["test"]["active_units"] for r in rs]),
                 "seconds_per_epoch": _mean([r["seconds_per_epoch"] for r in rs]),
@@ -264,6 +275,9 @@ def _paired_cell(r: Mapping[str, Any]) -> str:
 def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients: Sequence[GradientStats] = ()) -> str:
     """``compare.md``: settings, one row per estimator, gradient statistics, figures."""
     k = settings["eval_particles"]
+    rows = summary["estimators"]
+    m = Measure.from_kind(rows[0].get("measure", "log_likelihood") if rows else "log_likelihood")
+    bound = m.label("log_likelihood", k) or f"L_{k} (none: point-mass guide)"
     lines = [
         f"# Estimator comparison: {settings['name']}",
         "",
@@ -271,11 +285,12 @@ def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients:
         + (f" (or {settings['budget_seconds']:g} s of training)" if settings.get("budget_seconds") else "")
         + f", seeds {settings['seeds']}; every model evaluated with L_{k} on "
         + (f"the first {settings['eval_points']} test points" if settings["eval_points"] else "the whole test split")
-        + ". Nats per data point, higher is better except KL.",
+        + ". Nats per data point, higher is better except KL."
+        + (f" Note: {m.note()}." if m.note() else ""),
         "",
         (
-            f"| estimator | seeds | epochs | test ELBO | log p(x) >= L_{k} | ± SE (seeds) | ± SE (test points) "
-            f"| L_{k} minus first row ± paired SE | KL | active units | s/epoch |"
+            f"| estimator | seeds | epochs | test {m.label('elbo')} | {bound} | ± SE (seeds) | ± SE (test points) "
+            f"| L_{k} minus first row ± paired SE | {m.label('kl')} | active units | s/epoch |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -306,19 +321,28 @@ def markdown(summary: Mapping[str, Any], settings: Mapping[str, Any], gradients:
     return "\n".join(lines)
 
 
-def figures(summary: Mapping[str, Any], gradients: Sequence[GradientStats], out: Path) -> list[Path]:
-    """``curves.png`` (test log-likelihood and ELBO vs epoch) and ``gradient_snr.png`` (SNR vs K)."""
+def figures(
+    summary: Mapping[str, Any], gradients: Sequence[GradientStats], out: Path, claim: Callable[[Path], Path] | None = None
+) -> list[Path]:
+    """``curves.png`` (test log-likelihood and ELBO vs epoch) and ``gradient_snr.png`` (SNR vs K).
+
+    ``claim(path)`` is called on each file before it is written (an output directory records it).
+    """
     from matplotlib.ticker import MaxNLocator
 
     from .plots import plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    if claim is None:
+        out.mkdir(parents=True, exist_ok=True)
+        claim = lambda p: p  # noqa: E731
     paths = []
     curves = summary["curves"]
     has_ll = any("test_log_likelihood" in p for c in curves.values() for p in c)
     fig, axes = plt.subplots(1, 2 if has_ll else 1, figsize=(11 if has_ll else 6, 3.8), squeeze=False)
-    panels = ([("test_log_likelihood", "test log-likelihood L_K (nats)")] if has_ll else []) + [
-        ("test_elbo", "test ELBO, 1 draw (nats)")
+    rows = summary.get("estimators") or [{}]
+    m = Measure.from_kind(rows[0].get("measure", "log_likelihood"))
+    panels = ([("test_log_likelihood", f"test {m.label('log_likelihood') or 'L_K (point score)'} (nats)")] if has_ll else []) + [
+        ("test_elbo", f"test {m.label('elbo')}, 1 draw (nats)")
     ]
     for ax, (key, title) in zip(axes[0], panels):
         for i, (lab, c) in enumerate(curves.items()):
@@ -337,7 +361,7 @@ def figures(summary: Mapping[str, Any], gradients: Sequence[GradientStats], out:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "curves.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(claim(paths[-1]), dpi=110)
     plt.close(fig)
     if gradients:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -360,7 +384,7 @@ def figures(summary: Mapping[str, Any], gradients: Sequence[GradientStats], out:
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         paths.append(out / "gradient_snr.png")
-        fig.savefig(paths[-1], dpi=110)
+        fig.savefig(claim(paths[-1]), dpi=110)
         plt.close(fig)
     return paths
 
@@ -370,9 +394,12 @@ def write_report(
     records: Sequence[dict[str, Any]],
     settings: Mapping[str, Any],
     gradients: Sequence[GradientStats] = (),
+    claim: Callable[[Path], Path] | None = None,
 ) -> dict[str, Any]:
-    """Aggregate ``records`` and write compare.json, compare.md and the figures into ``out``."""
+    """Aggregate ``records`` and write compare.json, compare.md and the figures into ``out``
+    (``claim(path)`` is called on each file before it is written)."""
     out = Path(out)
+    mark: Callable[[Path], Path] = claim or (lambda p: p)
     summary = aggregate(records)
     doc = {
         "settings": dict(settings),
@@ -381,9 +408,9 @@ def write_report(
         "gradients": [g.to_dict() for g in gradients],
         "runs": list(records),
     }
-    figures(summary, gradients, out / "figures")
-    checkpoint.atomic_write_text(out / "compare.json", json.dumps(doc, indent=2) + "\n")
-    checkpoint.atomic_write_text(out / "compare.md", markdown(summary, settings, gradients))
+    figures(summary, gradients, out / "figures", claim)
+    checkpoint.atomic_write_text(mark(out / "compare.json"), json.dumps(doc, indent=2) + "\n")
+    checkpoint.atomic_write_text(mark(out / "compare.md"), markdown(summary, settings, gradients))
     return summary
 
 
@@ -421,6 +448,7 @@ def report_settings(jobs: Sequence[Job], options: CompareOptions, snr_job: Job |
     }
 
 
+@runlock.releases_locks
 def compare(
     spec: Any = None,
     estimators: Sequence[str | Mapping[str, Any]] = ("trace", "iwae", "dreg"),
@@ -441,16 +469,26 @@ def compare(
     """
     if out is None:
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out)
+    out = runlock.check_out_dir(out)  # a file, a device, '' or too long: before any work
     jobs = plan(spec, estimators, seeds, out, overrides, options)
+    # locked while the comparison runs; --force deletes what an earlier comparison wrote there, nothing else
+    owner = runlock.open_writer(out, force=force, resume=False, command="compare")
+    for job in jobs:
+        owner.add_run(Path(job.run_dir).relative_to(out))
 
     def progress(i: int, job: Job, rec: dict[str, Any]) -> None:
         if log is not None:
             t = rec["test"]
+            m = Measure.from_kind(t.get("measure", "log_likelihood"))
+            bound = (
+                f", {m.label('log_likelihood', t['num_particles'])} {t['log_likelihood']:.3f} ± "
+                f"{t['log_likelihood_stderr']:.3f}"
+                if t.get("log_likelihood") is not None
+                else ""
+            )
             log(
                 f"[{i + 1}/{len(jobs)}] {job.label} seed {job.seed}: {rec['epochs']} epochs, "
-                f"{rec['seconds_per_epoch']:.1f} s/epoch; test ELBO {t['elbo']:.3f}, "
-                f"L_{t['num_particles']} {t['log_likelihood']:.3f} ± {t['log_likelihood_stderr']:.3f}"
+                f"{rec['seconds_per_epoch']:.1f} s/epoch; test {m.label('elbo')} {_number(t, 'elbo'):.3f}{bound}"
             )
 
     from .parallel import map_jobs
@@ -458,7 +496,7 @@ def compare(
     records = map_jobs(run_job, jobs, options, workers=workers, on_result=progress, force=force)
     grads = measure_gradients(jobs[0], snr_estimators(jobs), options) if options.snr_particles else []
     settings = report_settings(jobs, options, snr_job=jobs[0])
-    summary = write_report(out, records, settings, grads)
+    summary = write_report(out, records, settings, grads, claim=owner.claim)
     return CompareResult(out, jobs, records, summary, grads)
 
 
@@ -519,6 +557,9 @@ def _cmd_gradients(a: Any) -> int:
         raise SpecError(f"--particles {a.snr_particles!r}: give values >= 1, e.g. 1,10,100")
     if a.draws < 2:
         raise SpecError(f"--draws {a.draws}: must be >= 2")
+    if a.out:
+        runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
+    held = runlock.open_reader(a.run_dir, "gradients")  # no writer may start on the run meanwhile
     run = load_run(a.run_dir, device=a.device)
     run.vae.set_kl_weight(run.config["elbo"]["beta"])
     x, y = run.data.split(a.split)
@@ -526,7 +567,10 @@ def _cmd_gradients(a: Any) -> int:
     stats = gradient_stats(run.vae, x, _names(a.estimators), ks, a.draws, y=y)
     print(stats_table(stats), end="")
     out = Path(a.out) if a.out else run.paths.root / "gradients.json"
-    checkpoint.atomic_write_text(out, json.dumps([s.to_dict() for s in stats], indent=2) + "\n")
+    if runlock.is_inside(out, run.paths.root):
+        held.claim(out)  # recorded in the run's manifest
+    used = {"file": run.paths.checkpoint.name, "epoch": run.epoch}  # the parameters these statistics describe
+    checkpoint.atomic_write_text(out, json.dumps([{**s.to_dict(), "checkpoint": used} for s in stats], indent=2) + "\n")
     print(f"written: {out}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -15,7 +16,7 @@ import pyro
 import torch
 
 from ._typing import Tensor
-from .data import Dataset
+from .data import Dataset, as_float
 from .estimators import iwae_bound, log_terms
 from .gradients import GradientStats, gradient_stats  # re-exported: pyro_vae.evaluate.gradient_stats
 from .models.vae import VAE
@@ -81,7 +82,7 @@ class Measure:
             return "prior penalty -log p(f(x))" if self.point_mass else "KL(q(z|x) || p(z))"
         if quantity == "reconstruction":
             z = "f(x)" if self.point_mass else "z"
-            return f"reconstruction -cross-entropy E[log p(x|{z})]" if ce else f"reconstruction E[log p(x|{z})]"
+            return f"reconstruction -E[cross-entropy(x, decoder({z}))]" if ce else f"reconstruction E[log p(x|{z})]"
         if quantity == "train_objective":
             return "training objective (the estimator's loss at the scheduled KL weight)"
         raise ValueError(f"unknown quantity {quantity!r}")
@@ -99,8 +100,24 @@ class Measure:
             parts.append("q(z|x) is a point mass (guide.kind: delta): no ELBO, no bound on log p(x), KL = +inf")
         return "; ".join(parts)
 
-    def labels(self, k: int | None = None) -> dict[str, str | None]:
-        return {q: self.label(q, k) for q in ("elbo", "log_likelihood", "kl", "reconstruction")}
+    def fields(self, values: Mapping[str, Any], prefix: str = "", k: int | None = None) -> dict[str, Any]:
+        """``values`` (keys ``{prefix}elbo``, ``{prefix}log_likelihood[_stderr]``, ``{prefix}kl``, ...) as
+        written to eval.json and summary.json: with ``measure`` and ``labels`` added, and for a point
+        mass the ELBO, bound and KL set to null and the numbers moved to ``{prefix}point_score`` and
+        ``{prefix}prior_penalty``."""
+        out = dict(values)
+        names = {"elbo": "elbo", "log_likelihood": "log_likelihood", "kl": "kl", "reconstruction": "reconstruction"}
+        if self.point_mass:
+            names.update(elbo="point_score", kl="prior_penalty")
+            for q in ("elbo", "kl"):
+                if prefix + q in out:
+                    out[prefix + names[q]] = out[prefix + q]
+            for q in ("elbo", "kl", "log_likelihood", "log_likelihood_stderr"):
+                if prefix + q in out:
+                    out[prefix + q] = None
+        out["measure"] = self.kind
+        out["labels"] = {prefix + names[q]: self.label(q, k) for q in names if self.label(q, k) is not None}
+        return out
 
 
 def measure_of(vae: Any, x: Tensor) -> Measure:
@@ -109,6 +126,8 @@ def measure_of(vae: Any, x: Tensor) -> Measure:
     The likelihood declares whether it is normalized on ``x`` (``normalized_on``; a likelihood
     without the method is taken as normalized); the guide declares a point mass (``is_point_mass``).
     """
+    if x.dtype == torch.uint8:  # 8-bit pixels: the model sees x / 255
+        x = x.float() / 255
     lik = getattr(getattr(vae, "model", None), "likelihood", None)
     normalized_on = getattr(lik, "normalized_on", None)
     normalized = True if normalized_on is None or not len(x) else bool(normalized_on(x))
@@ -145,27 +164,42 @@ class EvalResult:
     active_units: int
     # a random subset of the split (evaluate --points): {"points", "of", "seed", "indices"}; None: all of it
     subset: dict[str, Any] | None = None
+    measure: str = "log_likelihood"  # Measure.kind: what elbo, log_likelihood and kl are
+    # the checkpoint scored: {"file": "best.pt", "epoch": 7}; None: not recorded (a model in memory)
+    checkpoint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """eval.json: the numbers under the names :meth:`Measure.fields` gives them, with ``measure``
+        and ``labels`` saying what each one is."""
         d = asdict(self)
-        if d["subset"] is None:  # the whole split: eval.json keeps its documented keys
-            del d["subset"]
-        return d
+        for key in ("subset", "checkpoint"):
+            if d[key] is None:  # the whole split / a model in memory: eval.json keeps its documented keys
+                del d[key]
+        return Measure.from_kind(self.measure).fields(d, k=self.num_particles)
 
     def table(self) -> str:
+        m = Measure.from_kind(self.measure)
         rows = [
             ("split", self.split),
             ("points", f"{self.n}" if self.subset is None else
                        f"{self.n} of {self.subset['of']} (random subset, seed {self.subset['seed']})"),
             ("particles K", f"{self.num_particles}"),
-            ("ELBO", f"{self.elbo:.3f}"),
-            (f"log p(x) >= L_{self.num_particles}", f"{self.log_likelihood:.3f} ± {self.log_likelihood_stderr:.3f}"),
-            ("reconstruction E[log p(x|z)]", f"{self.reconstruction:.3f}"),
-            ("KL(q(z|x) || p(z))", f"{self.kl:.3f}"),
-            ("active units", f"{self.active_units}"),
-        ]
+        ]  # fmt: skip
+        if self.checkpoint is not None:
+            rows.append(("checkpoint", f"{self.checkpoint['file']} (epoch {self.checkpoint['epoch']})"))
+        for q, value in (
+            ("elbo", f"{self.elbo:.3f}"),
+            ("log_likelihood", f"{self.log_likelihood:.3f} ± {self.log_likelihood_stderr:.3f}"),
+            ("reconstruction", f"{self.reconstruction:.3f}"),
+            ("kl", f"{self.kl:.3f}"),
+        ):
+            name = m.label(q, self.num_particles)
+            if name is not None:
+                rows.append((name, value))
+        rows.append(("active units", f"{self.active_units}"))
         w = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+        note = m.note()
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows) + (f"\nnote: {note}" if note else "")
 
     def save(self, path: Any) -> None:
         """Write eval.json atomically; a failing write raises RunError and leaves the old file."""
@@ -186,7 +220,7 @@ def posterior_mean_stats(
     """
     if draws < 2:
         raise ValueError(f"draws must be >= 2 to estimate the Monte Carlo variance, got {draws}")
-    q = vae.guide.dist(x, vae.cond(y))
+    q: Any = vae.guide.dist(x, vae.cond(y))  # a torch Distribution (batch (N,), event (latent_dim,))
     try:
         mean = q.mean.reshape(len(x), -1)
         return mean, torch.zeros_like(mean)
@@ -237,11 +271,12 @@ def point_terms(
     per = max(1, row_budget // chunk)
     out: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "ll", "rec", "kl", "mean", "noise")}
     was_training = vae.training
+    device = next((p.device for p in vae.parameters()), x.device)  # a streamed training split stays on the CPU
     vae.eval()
     try:
         for s in range(0, len(x), per):
-            xb = x[s : s + per]
-            yb = None if y is None else y[s : s + per]
+            xb = as_float(x[s : s + per].to(device))  # uint8 (8-bit pixels) -> x / 255, one chunk at a time
+            yb = None if y is None else y[s : s + per].to(device)
             cond = vae.cond(yb)
             lse_parts: list[Tensor] = []
             sum_w: Tensor | float = 0.0

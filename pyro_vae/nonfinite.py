@@ -11,12 +11,19 @@ Three guards, from the inside out:
 
 Each stop raises :class:`NonFiniteLoss` with the likely causes (learning rate, likelihood scale)
 and keeps the last good checkpoint.
+
+A finite blow-up is caught too: :func:`check_divergence` stops the run (:class:`Diverged`) when the
+held-out bound (``valid_elbo``, else ``test_elbo``) falls more than
+max(:data:`DIVERGENCE_NATS`, :data:`DIVERGENCE_SPREAD` x the standard deviation of the last
+:data:`DIVERGENCE_WINDOW` epochs' values) below the best value so far, before that epoch is
+checkpointed; ``best.pt`` keeps the best epoch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,20 @@ from .errors import RunError
 
 class NonFiniteLoss(RunError):
     """Too many consecutive NaN/inf losses or gradients, or a non-finite held-out ELBO."""
+
+
+class Diverged(RunError):
+    """The held-out bound fell far below its best so far (see :func:`check_divergence`)."""
+
+
+#: A drop below the best held-out value of more than this many nats per point is a divergence ...
+DIVERGENCE_NATS = 50.0
+#: ... or of more than this many standard deviations of the recent epochs' values, whichever is larger.
+DIVERGENCE_SPREAD = 10.0
+#: Epochs before the current one whose held-out values give that standard deviation.
+DIVERGENCE_WINDOW = 5
+#: Estimators whose guide gradient includes the path derivative of log q(z|x) (variance grows like 1/sigma).
+PATH_DERIVATIVE = ("dreg", "stl", "piwae")
 
 
 def is_invalid_values(e: BaseException) -> bool:
@@ -84,4 +105,85 @@ def check_record(record: Mapping[str, Any], cfg: Mapping[str, Any], checkpoint_p
         )
 
 
-__all__ = ["InvalidAsNaN", "NonFiniteLoss", "causes", "check_record", "is_invalid_values"]
+def held_out_key(record: Mapping[str, Any]) -> str | None:
+    """The held-out number that selects ``best.pt`` and guards divergence: valid split, else test."""
+    return next((k for k in ("valid_elbo", "test_elbo") if k in record), None)
+
+
+def best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The record with the highest finite held-out value (the earliest of ties); None if none."""
+    best: Mapping[str, Any] | None = None
+    for r in history:
+        key = held_out_key(r)
+        if key is None or not math.isfinite(r[key]):
+            continue
+        if best is None or r[key] > best[key]:
+            best = r
+    return best
+
+
+def divergence_threshold(history: Sequence[Mapping[str, Any]], key: str) -> float:
+    """How far below the best value the held-out bound may fall: max(50 nats, 10 x recent std)."""
+    recent = [float(r[key]) for r in history[-DIVERGENCE_WINDOW:] if key in r and math.isfinite(r[key])]
+    spread = statistics.stdev(recent) if len(recent) >= 2 else 0.0
+    return max(DIVERGENCE_NATS, DIVERGENCE_SPREAD * spread)
+
+
+def check_divergence(
+    history: Sequence[Mapping[str, Any]], record: Mapping[str, Any], cfg: Mapping[str, Any], checkpoint_path: Path
+) -> None:
+    """Raise :class:`Diverged` if ``record``'s held-out bound fell too far below the best of ``history``.
+
+    The rule: value < best - max(:data:`DIVERGENCE_NATS`, :data:`DIVERGENCE_SPREAD` x the standard
+    deviation of the held-out values of the last :data:`DIVERGENCE_WINDOW` epochs). A non-finite value
+    is :func:`check_record`'s. The message names the estimator, the KL schedule and the likely cause.
+    """
+    key = held_out_key(record)
+    best = best_epoch(history)
+    if key is None or best is None or key not in best or not math.isfinite(record[key]):
+        return
+    limit = divergence_threshold(history, key)
+    drop = float(best[key]) - float(record[key])
+    if drop <= limit:
+        return
+    elbo, train = cfg.get("elbo", {}), cfg.get("train", {})
+    kind, schedule = elbo.get("kind", "?"), train.get("kl_schedule", "constant")
+    estimator = f"elbo.kind: {kind}" + (f" (num_particles {elbo['num_particles']})" if "num_particles" in elbo else "")
+    sched = f"train.kl_schedule: {schedule}" + ("" if schedule == "constant" else f" (kl_steps {train.get('kl_steps')})")
+    if kind in PATH_DERIVATIVE:
+        cause = (
+            f"likely cause: the path-derivative term of log q(z|x) in {kind}'s gradient grows like 1/sigma as "
+            "q's scale collapses"
+            + (" while the warm-up's KL weight is small" if schedule != "constant" else "")
+            + f"; use elbo.kind: iwae{' or train.kl_schedule: constant' if schedule != 'constant' else ''}, "
+            f"or lower train.lr ({train.get('lr', float('nan')):g})"
+        )
+    else:
+        cause = causes(cfg)
+    last = (
+        f"the last good checkpoint is in {str(checkpoint_path)!r}"
+        if Path(checkpoint_path).is_file()
+        else "no checkpoint was written"
+    )
+    best_file = Path(checkpoint_path).with_name("best.pt")
+    raise Diverged(
+        f"epoch {record['epoch']}: held-out {key} {float(record[key]):.4g} fell {drop:.4g} nats below its best "
+        f"({float(best[key]):.4g} at epoch {best['epoch']}; the limit is max({DIVERGENCE_NATS:g}, "
+        f"{DIVERGENCE_SPREAD:g} x the std of the last {DIVERGENCE_WINDOW} epochs) = {limit:.4g}): training diverged "
+        f"with {estimator} and {sched}; {cause}; {last}; the best epoch is in {str(best_file)!r}"
+    )
+
+
+__all__ = [
+    "PATH_DERIVATIVE",
+    "Diverged",
+    "InvalidAsNaN",
+    "NonFiniteLoss",
+    "best_epoch",
+    "causes",
+    "check_divergence",
+    "check_record",
+    "divergence_threshold",
+    "held_out_key",
+    "is_invalid_values",
+]

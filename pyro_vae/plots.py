@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ._typing import Shape, Tensor
-from .data import Dataset
+from .data import Dataset, as_float
+from .evaluate import Measure, measure_of
 from .models.vae import VAE
 
 
@@ -63,22 +64,29 @@ def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, title: str =
     plt.close(fig)
 
 
-def loss_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Train loss and test -ELBO, then the reconstruction and KL terms, each on its own axes."""
+def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | None = None) -> None:
+    """The training objective and the held-out negative bound, then the reconstruction and KL terms,
+    each on its own axes, named by ``measure`` (what the held-out numbers are; default: a normalized
+    likelihood and a guide with a density)."""
+    m = measure or Measure()
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(ep, [r["train_loss"] for r in history], label="train loss (-ELBO)")
+    # the estimator's loss at the scheduled KL weight: with a warm-up, beta != 1 or an IWAE-type
+    # estimator it is not the -ELBO (metrics.jsonl of older runs call it train_loss)
+    objective = [r.get("train_objective", r.get("train_loss", math.nan)) for r in history]
+    axes[0].plot(ep, objective, label="training objective (estimator loss)")
+    bound = m.label("elbo")
     if "test_elbo" in history[0]:
-        axes[0].plot(ep, [-r["test_elbo"] for r in history], label="test -ELBO")
+        axes[0].plot(ep, [-r["test_elbo"] for r in history], label=f"test -[{bound}], 1 draw")
     if "valid_elbo" in history[0]:
-        axes[0].plot(ep, [-r["valid_elbo"] for r in history], label="valid -ELBO", alpha=0.7)
-    axes[0].set_title("loss (nats / data point)")
-    axes[0].legend()
+        axes[0].plot(ep, [-r["valid_elbo"] for r in history], label=f"valid -[{bound}], 1 draw", alpha=0.7)
+    axes[0].set_title("minimized (nats / data point)")
+    axes[0].legend(fontsize=8)
     if "test_reconstruction" in history[0]:
         axes[1].plot(ep, [-r["test_reconstruction"] for r in history], color="C2")
-        axes[1].set_title("test reconstruction  -E[log p(x|z)]")
+        axes[1].set_title(f"test -[{m.label('reconstruction')}]", fontsize=9)
         axes[2].plot(ep, [r["test_kl"] for r in history], color="C3")
-        axes[2].set_title("test KL(q(z|x) || p(z))")
+        axes[2].set_title(f"test {m.label('kl')}", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -134,19 +142,26 @@ def traversal(vae: VAE, x: Tensor, event_shape: Shape, path: Path, n: int = 11, 
 
 
 @torch.no_grad()
-def run_figures(vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write every figure for a trained run into ``out``; returns the paths written."""
+def run_figures(
+    vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path, claim: Callable[[Path], Path] | None = None
+) -> list[Path]:
+    """Write every figure for a trained run into ``out``; returns the paths written.
+
+    ``claim(path)`` is called on each file before it is written (a run directory records it).
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if claim is None:
+        out.mkdir(parents=True, exist_ok=True)
+    at: Callable[[str], Path] = (lambda name: out / name) if claim is None else (lambda name: claim(out / name))
     vae.eval()
     written: list[Path] = []
     if history:
-        loss_curves(history, out / "loss.png")
+        loss_curves(history, at("loss.png"), measure_of(vae, ds.x_test))
         written.append(out / "loss.png")
-    x, y = ds.x_test[:16], (None if ds.y_test is None else ds.y_test[:16])
+    x, y = as_float(ds.x_test[:16]), (None if ds.y_test is None else ds.y_test[:16])
     imgs = as_images(torch.cat([x, vae.reconstruct(x, y)]), ds.event_shape)
     if imgs is not None:
-        save_grid(imgs, 2, len(x), out / "reconstructions.png", "test inputs (top) and reconstructions (bottom)")
+        save_grid(imgs, 2, len(x), at("reconstructions.png"), "test inputs (top) and reconstructions (bottom)")
         written.append(out / "reconstructions.png")
     conditional = getattr(vae, "conditional", False)
     classes = getattr(vae, "num_classes", 0)
@@ -154,24 +169,24 @@ def run_figures(vae: VAE, ds: Dataset, history: list[dict[str, Any]], out: Path)
         y_grid = torch.arange(classes, device=x.device).repeat_interleave(10)
         samples = as_images(vae.sample(len(y_grid), y_grid), ds.event_shape)
         if samples is not None:
-            save_grid(samples, classes, 10, out / "samples.png", "E[x|z,y], z ~ p(z|y), one row per class y",
+            save_grid(samples, classes, 10, at("samples.png"), "E[x|z,y], z ~ p(z|y), one row per class y",
                       row_labels=[str(c) for c in range(classes)])  # fmt: skip
             written.append(out / "samples.png")
     elif not conditional:  # a tensor-conditioned CVAE has no condition-free samples
         samples = as_images(vae.sample(64), ds.event_shape)
         if samples is not None:
-            save_grid(samples, 8, 8, out / "samples.png", "E[x|z] for z ~ p(z)")
+            save_grid(samples, 8, 8, at("samples.png"), "E[x|z] for z ~ p(z)")
             written.append(out / "samples.png")
     continuous = not getattr(vae.guide, "discrete", False)  # VQ-VAE codes are not a Euclidean latent
     if vae.latent_dim == 2 and continuous:
-        means = vae.posterior_mean(ds.x_test, ds.y_test)
-        latent_scatter(means, ds.y_test, out / "latent.png")
+        means = vae.posterior_mean(as_float(ds.x_test), ds.y_test)
+        latent_scatter(means, ds.y_test, at("latent.png"))
         written.append(out / "latent.png")
         if not conditional:
-            manifold(vae, ds.event_shape, out / "manifold.png")
+            manifold(vae, ds.event_shape, at("manifold.png"))
             written.append(out / "manifold.png")
     if 2 < vae.latent_dim <= 16 and continuous and not conditional and ds.is_image:
-        traversal(vae, ds.x_test[:1], ds.event_shape, out / "traversal.png")
+        traversal(vae, as_float(ds.x_test[:1]), ds.event_shape, at("traversal.png"))
         written.append(out / "traversal.png")
     vae.train()
     return written

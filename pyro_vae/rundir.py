@@ -1,8 +1,16 @@
-"""The run directory contract (see DESIGN.md) and loading a trained run back."""
+"""The run directory contract (see DESIGN.md) and loading a trained run back.
+
+A run is self-describing: its checkpoint holds the resolved spec it was trained with (the authority;
+``config.yaml`` is a readable copy that must agree with it) and a fingerprint of the data it saw, and
+data paths are stored absolute. A run directory can therefore be moved or loaded from any working
+directory and always scores the model and data it was trained on, or refuses with one line.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +21,9 @@ from . import checkpoint
 from . import data as data_mod
 from . import spec as spec_mod
 from .data import Dataset
-from .errors import RunError
+from .errors import DataError, RunError
 from .models.vae import VAE, build_model
+from .runlock import RunDir, open_reader
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,11 @@ class RunPaths:
         return self.root / "checkpoint.pt"
 
     @property
+    def best(self) -> Path:
+        """The checkpoint of the epoch with the best held-out bound (valid split, else test)."""
+        return self.root / "best.pt"
+
+    @property
     def figures(self) -> Path:
         return self.root / "figures"
 
@@ -55,6 +69,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def read_config(run_dir: Path | str) -> dict[str, Any]:
+    """``config.yaml`` of a run, resolved (every default filled in)."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise RunError(f"run directory {str(paths.root)!r} does not exist")
@@ -64,32 +79,154 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
     return spec_mod.resolve(raw)
 
 
+def checkpoint_config(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The resolved spec a checkpoint was trained with (stored in it as YAML text)."""
+    try:
+        return spec_mod.resolve(spec_mod.parse_yaml(state["config"], "the checkpoint's config", RunError))
+    except ValueError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise RunError(f"checkpoint {str(path)!r}: its stored config is not a valid spec ({reason})") from None
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first key (dotted) at which two resolved specs differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    return None if a == b else (where or "spec", a, b)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check_config_agrees(on_disk: dict[str, Any], trained: dict[str, Any], paths: RunPaths) -> None:
+    """``config.yaml`` must say what the checkpoint was trained with; an edit is refused, never trusted."""
+    d = first_difference(trained, on_disk)
+    if d is not None:
+        key, was, now = d
+        raise RunError(
+            f"{str(paths.config)!r} disagrees with the checkpoint at {key}: {_short(now)} but the model was trained "
+            f"with {_short(was)}; undo the edit (the checkpoint's config is authoritative; to continue training "
+            "with other settings use train --resume --set)"
+        )
+
+
+def pin_data_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The spec with ``data.path`` and ``data.root`` made absolute (``data.root`` unset: the root in use
+    now, ``$PYRO_VAE_DATA`` or ``./data``), so that the run does not depend on the working directory."""
+    data = dict(cfg["data"])
+    if isinstance(data.get("path"), str) and data["path"]:
+        data["path"] = os.path.abspath(os.path.expanduser(data["path"]))
+    if "root" in data and (data["root"] is None or isinstance(data["root"], str)):
+        data["root"] = os.path.abspath(data_mod.data_root(data["root"]))
+    return {**cfg, "data": data}
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """A hash of every split's values and labels: equal exactly when the data is the same."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test"):
+        t = getattr(ds, name)
+        if t is not None and not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t)
+        h.update(f"{name}:{'none' if t is None else (tuple(t.shape), str(t.dtype))};".encode())
+        if t is None:
+            continue
+        flat = t.detach().reshape(-1)
+        step = 1 << 22
+        for s in range(0, flat.numel(), step):
+            h.update(flat[s : s + step].cpu().contiguous().numpy().tobytes())
+    return "blake2b:" + h.hexdigest()
+
+
+def check_data_agrees(state: dict[str, Any], ds: Dataset, cfg: dict[str, Any], paths: RunPaths) -> None:
+    """The data loaded now must be the data the checkpoint was trained on."""
+    want = state.get("data_fingerprint")
+    if want is not None and want != data_fingerprint(ds):
+        where = cfg["data"].get("path") or cfg["data"].get("root") or cfg["data"]["name"]
+        raise DataError(
+            f"the data of run {str(paths.root)!r} ({cfg['data']['name']}: {str(where)!r}) is not the data it was "
+            "trained on (its contents changed); restore that data to use this run"
+        )
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     config: dict[str, Any]
     vae: VAE
     data: Dataset
     paths: RunPaths
-    epoch: int
+    epoch: int  # the checkpoint's epoch: every result file records it
+    checkpoint_path: Path | None = None  # the file loaded: checkpoint.pt (last epoch) or best.pt
 
 
-def load_run(run_dir: Path | str, device: str = "auto") -> LoadedRun:
-    """Rebuild model, guide and data of a run from ``config.yaml`` and ``checkpoint.pt``."""
+def load_run(run_dir: Path | str, device: str = "auto", which: str = "last") -> LoadedRun:
+    """Rebuild model, guide and data of a run from its checkpoint (whose config is authoritative).
+
+    Refused with one line when ``config.yaml`` disagrees with the checkpoint's config, when the data
+    is not the data it was trained on, or while another process is writing the run. ``which``:
+    ``last`` loads ``checkpoint.pt`` (the last epoch), ``best`` loads ``best.pt`` (the best held-out bound).
+    """
+    if which not in ("last", "best"):
+        raise RunError(f"checkpoint {which!r} is not valid; valid choices: last, best")
     paths = RunPaths(Path(run_dir))
-    cfg = read_config(paths.root)
-    dev = resolve_device(device)
-    state = checkpoint.load(paths.checkpoint, map_location=dev)
+    ckpt = paths.checkpoint if which == "last" else paths.best
+    with open_reader(paths.root, "load"):  # a run being trained is refused, not half-read
+        on_disk = read_config(paths.root)
+        dev = resolve_device(device)
+        if which == "best" and not ckpt.is_file() and paths.checkpoint.is_file():
+            raise RunError(
+                f"{str(paths.root)!r} has no best.pt (no epoch ended with a finite held-out bound, or an older "
+                "pyro-vae trained it); use --checkpoint last"
+            )
+        state = checkpoint.load(ckpt, map_location=dev)
+    cfg = checkpoint_config(state, ckpt)
+    check_config_agrees(on_disk, cfg, paths)
     ds = data_mod.load(cfg["data"], dev)
+    check_data_agrees(state, ds, cfg, paths)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(dev)
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise RunError(f"checkpoint does not match config.yaml in {str(paths.root)!r}: {str(e).splitlines()[0]}") from None
     vae.eval()
-    return LoadedRun(cfg, vae, ds, paths, int(state["epoch"]))
+    return LoadedRun(cfg, vae, ds, paths, int(state["epoch"]), ckpt)
+
+
+def trained_config(run_dir: Path | str) -> dict[str, Any]:
+    """The config a run continues with: its checkpoint's (``config.yaml`` must agree with it), or
+    ``config.yaml`` when the run was stopped before its first checkpoint."""
+    paths = RunPaths(Path(run_dir))
+    on_disk = read_config(paths.root)
+    if not paths.checkpoint.is_file():
+        return on_disk
+    trained = checkpoint_config(checkpoint.load(paths.checkpoint), paths.checkpoint)
+    check_config_agrees(on_disk, trained, paths)
+    return trained
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = [
+    "LoadedRun",
+    "RunDir",
+    "RunPaths",
+    "check_config_agrees",
+    "checkpoint_config",
+    "data_fingerprint",
+    "load_run",
+    "pin_data_paths",
+    "read_config",
+    "read_metrics",
+    "resolve_device",
+    "trained_config",
+]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -22,16 +21,16 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, fastpath, interrupt, nonfinite
+from . import checkpoint, fastpath, interrupt, nonfinite, runlock, streaming
 from . import data as data_mod
 from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
 from . import spec as spec_mod
 from .data import Dataset
 from .errors import RunError, SpecError
-from .evaluate import PointTerms, point_terms, summarize
+from .evaluate import Measure, PointTerms, point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
-from .rundir import RunPaths, read_config, read_metrics, resolve_device
+from .rundir import RunPaths, check_data_agrees, data_fingerprint, pin_data_paths, read_metrics, resolve_device, trained_config
 from .schedules import kl_factor
 
 pyro.settings.set(module_local_params=True)
@@ -46,6 +45,8 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 _RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device", "max_bad_steps", "fast_path")
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
+#: data.* keys that may change when resuming: how the training split is read, not what it holds.
+_RESUMABLE_DATA = ("stream", "memory_budget_gb", "workers")
 
 
 @dataclass(frozen=True)
@@ -102,38 +103,38 @@ def check_data(vae: VAE, ds: Dataset) -> None:
     """Let the likelihood reject data it cannot score, before any training."""
     for split in ("train", "valid", "test"):
         x = getattr(ds, f"x_{split}")
+        if x.dtype == torch.uint8:  # x / 255: in [0, 1] on the 8-bit grid by construction; check shapes on a few
+            x = data_mod.as_float(x[:256])
         if len(x):
             vae.model.likelihood.check_data(x, f"the {split} split")
 
 
 def _prepare_dir(paths: RunPaths, resume: bool, force: bool) -> None:
+    """Lock the run directory for this process (until :func:`fit` returns) and record its files.
+
+    ``force`` deletes exactly the files an earlier run wrote (its manifest); a non-empty directory
+    that pyro-vae did not make is refused (pyro_vae/runlock.py).
+    """
+    run = runlock.open_writer(paths.root, force=force, resume=resume, command="train")
     if resume:  # killed before its first checkpoint: --resume starts it over from config.yaml
         checkpoint.remove_stale_temps(paths.root)
-        return
-    if paths.root.exists() and any(paths.root.iterdir()):
-        if not force:
-            raise RunError(
-                f"run directory {str(paths.root)!r} already exists; use --resume to continue it or --force to overwrite"
-            )
-        for p in (paths.config, paths.metrics, paths.summary, paths.checkpoint, paths.eval):
-            p.unlink(missing_ok=True)
-        shutil.rmtree(paths.figures, ignore_errors=True)
-    try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot create run directory {str(paths.root)!r}: {e.strerror or e}") from None
+    for p in (paths.config, paths.metrics, paths.checkpoint, paths.best, paths.summary):
+        run.path(p.name)  # recorded before they are written: a kill mid-write leaves nothing unlisted
 
 
 def _resolve_spec(spec: Any, overrides: tuple[str, ...] | list[str]) -> dict[str, Any]:
     if spec is None or isinstance(spec, (str, Path)):
-        return spec_mod.from_args(None if spec is None else str(spec), list(overrides))
-    return spec_mod.resolve(spec_mod.apply_overrides(dict(spec), list(overrides)))
+        cfg = spec_mod.from_args(None if spec is None else str(spec), list(overrides))
+    else:
+        cfg = spec_mod.resolve(spec_mod.apply_overrides(dict(spec), list(overrides)))
+    return pin_data_paths(cfg)  # absolute data paths: the run scores the same data from any directory
 
 
 def default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{runlock.check_run_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@runlock.releases_locks  # the run directory's lock is held until fit returns or raises
 @interrupt.handle_signals
 def fit(
     spec: Any = None,
@@ -155,15 +156,21 @@ def fit(
     if resume:
         if out is None:
             raise RunError("--resume needs --out RUN_DIR")
-        saved = dctx.on_main(read_config, out)
+        dctx.on_main(runlock.check_out_dir, out)
+        dctx.on_main(_prepare_dir, RunPaths(Path(out)), True, False)  # locked before anything is read
+        saved = dctx.on_main(trained_config, out)  # the checkpoint's config, never a hand-edited config.yaml
         cfg = spec_mod.resolve(spec_mod.apply_overrides(saved, list(overrides)))
-        changed = [k for k in cfg if k != "train" and cfg[k] != saved[k]]
+        changed = [k for k in cfg if k not in ("train", "data") and cfg[k] != saved[k]]
+        changed += [f"data.{k}" for k in {**saved["data"], **cfg["data"]}
+                    if k not in _RESUMABLE_DATA and cfg["data"].get(k) != saved["data"].get(k)]  # fmt: skip
         changed += [f"train.{k}" for k in cfg["train"] if k not in _RESUMABLE and cfg["train"][k] != saved["train"][k]]
         if changed:
             raise SpecError(f"{changed[0]}: cannot change when resuming (only train.{', train.'.join(_RESUMABLE)})")
     else:
         cfg = dctx.on_main(_resolve_spec, spec, overrides)
     paths = RunPaths(Path(out) if out is not None else default_run_dir(cfg["name"]))
+    if not resume:
+        dctx.on_main(runlock.check_out_dir, paths.root if out is None else out)  # a file, a device, '' or too long: before any work
     tcfg = spec_mod.train_config(cfg)
     device = dctx.device(resolve_device(tcfg.device))
 
@@ -171,6 +178,8 @@ def fit(
     ds = data_mod.load(cfg["data"], device)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(device)
     check_data(vae, ds)
+    if tcfg.progress and dctx.is_main:  # how many points went to each split, before any training
+        print(ds.describe(), flush=True)
     vae.set_kl_weight(cfg["elbo"]["beta"])
     loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
     if tcfg.fast_path:  # same loss without Pyro's per-step tracing where supported (pyro_vae/fastpath.py)
@@ -180,13 +189,16 @@ def fit(
     gen = torch.Generator().manual_seed(cfg["seed"])
     dctx.broadcast_module(vae)
 
-    dctx.on_main(_prepare_dir, paths, resume, force)
+    fingerprint = dctx.on_main(data_fingerprint, ds)  # stored in each checkpoint: later loads score the same data
+    if not resume:
+        dctx.on_main(_prepare_dir, paths, resume, force)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     partial: dict[str, Any] | None = None  # where a SIGINT/SIGTERM stopped inside an epoch
     stop = interrupt.current()
     if resume and dctx.on_main(paths.checkpoint.is_file):
         state = dctx.on_main(checkpoint.load, paths.checkpoint, map_location="cpu" if dctx.is_distributed else device)
+        dctx.on_main(check_data_agrees, state, ds, cfg, paths)
         try:
             vae.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -199,6 +211,8 @@ def fit(
                 f"checkpoint {str(paths.checkpoint)!r} does not match config.yaml ({type(e).__name__}: "
                 f"{' '.join(str(e).split())[:200]})"
             ) from None
+    if resume and history and dctx.is_main:
+        _sync_best(paths, history)
     dctx.seed_rank(cfg["seed"], start_epoch)
     if dctx.is_main:
         checkpoint.atomic_write_text(paths.config, spec_mod.to_yaml(cfg))
@@ -209,6 +223,7 @@ def fit(
     loss_fn = dctx.wrap_loss(loss_fn, vae)
     n = len(ds.x_train)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    source = _train_batches(ds, cfg, tcfg, dctx, device)  # in memory, or streamed through a DataLoader
     bar = tqdm(
         total=steps_per_epoch * max(tcfg.epochs - start_epoch, 0),
         disable=not tcfg.progress or not dctx.is_main,
@@ -229,20 +244,20 @@ def fit(
             t0 -= float(partial["seconds"])
             skipped, bad_in_row = int(partial["skipped"]), int(partial["bad_in_row"])
             bar.update(done)
-        batches = data_mod.batches(n, tcfg.batch_size, shuffle=True, generator=gen, device=device)
+        batches = source.epoch(gen, skip=done)  # this rank's rows of each global batch (pyro_vae/streaming.py)
         kl_step = (epoch - 1) * steps_per_epoch + done  # global step for train.kl_schedule
-        for step, idx in enumerate(stop.batches(gen, batches, skip=done), start=done):
-            mine = dctx.shard(idx)  # this rank's rows of the global batch idx (all of them in one process)
-            noise = dctx.noise(cfg["seed"], epoch, step, len(idx))  # per global row: world-size invariant draws
-            x = ds.x_train[mine]
+        for step, batch in enumerate(stop.batches(gen, batches, skip=done), start=done):
+            assert batch is not None  # only the skipped positions of a resumed epoch are None
+            noise = dctx.noise(cfg["seed"], epoch, step, batch.size)  # per global row: world-size invariant draws
+            x = data_mod.as_float(batch.x)  # 8-bit pixels are stored as uint8: x / 255 here, one batch at a time
             if ds.binarize == "dynamic":
                 x = noise.bernoulli(x)
-            y = None if ds.y_train is None else ds.y_train[mine]
+            y = batch.y
             if tcfg.kl_schedule != "constant":  # beta times the schedule's factor (pyro_vae/schedules.py)
                 vae.set_kl_weight(cfg["elbo"]["beta"] * kl_factor(tcfg.kl_schedule, kl_step, tcfg.kl_steps, tcfg.kl_ramp))
                 kl_step += 1
             # zero_grad, backward, optimizer.step() unless the loss or a gradient is NaN/inf (pyro_vae/fastpath.py)
-            loss, stepped = fastpath.train_step(loss_fn, optimizer, params, x, vae.cond(y), len(idx))
+            loss, stepped = fastpath.train_step(loss_fn, optimizer, params, x, vae.cond(y), batch.size)
             if not stepped:
                 bad_in_row += 1
                 skipped += 1
@@ -259,8 +274,8 @@ def fit(
                 bar.update(1)
                 continue
             bad_in_row = 0
-            total += loss * len(idx)
-            count += len(idx)
+            total += loss * batch.size
+            count += batch.size
             bar.update(1)
             if bar.n % 20 == 0 and tcfg.progress:
                 bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
@@ -273,41 +288,45 @@ def fit(
                 paths.checkpoint,
                 {"epoch": epoch - 1, "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                  "rng": {**_rng_state(gen), "data": stop.data_state}, "history": history,
-                 "config": spec_mod.to_yaml(cfg), "partial": part},
+                 "config": spec_mod.to_yaml(cfg), "data_fingerprint": fingerprint, "partial": part},
             )  # fmt: skip
             bar.close()
             raise interrupt.Interrupted(stop.signum, paths.root)
         seconds = time.perf_counter() - t0
-        # train_loss averages the steps taken; NaN (not 0) when every step of the epoch was skipped
-        record = {"epoch": epoch, "train_loss": float(total) / count if count else math.nan, "seconds": seconds}
+        # train_objective: the estimator's loss at the scheduled KL weight, averaged over the steps taken
+        # (NaN, not 0, when every step was skipped); not the -ELBO under a KL schedule, beta != 1 or an
+        # IWAE-type estimator. train_loss is its earlier name, kept for readers of metrics.jsonl.
+        objective = float(total) / count if count else math.nan
+        record = {"epoch": epoch, "train_objective": objective, "train_loss": objective, "seconds": seconds}
         record.update(dctx.on_main(_epoch_eval, vae, ds))
         record = dctx.broadcast(record)  # rank 0's timings everywhere: callbacks (budgets) decide alike
         record["skipped_steps"] = skipped
         nonfinite.check_record(record, cfg, paths.checkpoint)  # a blown-up model is never checkpointed
+        nonfinite.check_divergence(history, record, cfg, paths.checkpoint)  # nor a diverged one
         history.append(record)
-        bar.set_postfix(epoch=epoch, loss=f"{record['train_loss']:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
-        dctx.on_main(
-            checkpoint.save,
-            paths.checkpoint,
-            {
-                "epoch": epoch,
-                "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(gen),
-                "history": history,
-                "config": spec_mod.to_yaml(cfg),
-            },
-        )
+        bar.set_postfix(epoch=epoch, objective=f"{objective:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
+        state = {
+            "epoch": epoch,
+            "model": vae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(gen),
+            "history": history,
+            "config": spec_mod.to_yaml(cfg), "data_fingerprint": fingerprint,
+        }
+        dctx.on_main(checkpoint.save, paths.checkpoint, state)
+        if nonfinite.best_epoch(history) is record:  # best held-out bound so far: best.pt, after checkpoint.pt
+            dctx.on_main(checkpoint.save, paths.best, state)
         dctx.on_main(checkpoint.atomic_write_text, paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
         for fn in hooks["on_epoch_end"]:
             fn(record, vae)
     bar.close()
+    source.close()
     if not dctx.on_main(paths.checkpoint.is_file):  # epochs: 0 still leaves a loadable run
         dctx.on_main(
             checkpoint.save,
             paths.checkpoint,
             {"epoch": 0, "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
-             "history": history, "config": spec_mod.to_yaml(cfg)},
+             "history": history, "config": spec_mod.to_yaml(cfg), "data_fingerprint": fingerprint},
         )  # fmt: skip
     if stop.requested:  # a signal after the last epoch's checkpoint: resume only writes the summary
         raise interrupt.Interrupted(stop.signum or 0, paths.root)
@@ -316,8 +335,33 @@ def fit(
     if tcfg.figures:
         from .plots import run_figures
 
-        dctx.on_main(run_figures, vae, ds, history, paths.figures)
+        dctx.on_main(run_figures, vae, ds, history, paths.figures, claim=runlock.RunDir(paths.root).claim)
     return FitResult(vae, ds, cfg, paths.root, history, summary)
+
+
+def _train_batches(
+    ds: Dataset, cfg: Mapping[str, Any], tcfg: spec_mod.TrainConfig, dctx: dist_mod.Context, device: torch.device
+) -> streaming.InMemoryBatches | streaming.StreamingBatches:
+    """The training split's batch source: the same batches in memory or streamed (pyro_vae/streaming.py)."""
+    if not ds.stream:
+        return streaming.InMemoryBatches(ds.x_train, ds.y_train, tcfg.batch_size, dctx.shard)
+    workers = cfg["data"].get("workers")
+    return streaming.StreamingBatches(
+        ds.x_train, ds.y_train, tcfg.batch_size, dctx.shard, device,
+        workers=streaming.default_workers() if workers is None else int(workers),
+        seed=dist_mod.derive_seed(cfg["seed"], dctx.rank),
+    )  # fmt: skip
+
+
+def _sync_best(paths: RunPaths, history: list[dict[str, Any]]) -> None:
+    """On resume: a kill between checkpoint.pt and best.pt leaves best.pt one best epoch behind;
+    when the checkpoint's epoch is the best one, copy it to best.pt."""
+    best = nonfinite.best_epoch(history)
+    if best is None or best is not history[-1]:
+        return
+    if paths.best.is_file() and int(checkpoint.load(paths.best).get("epoch", -1)) == int(best["epoch"]):
+        return
+    checkpoint.save(paths.best, {k: v for k, v in checkpoint.load(paths.checkpoint).items() if k not in ("format", "version")})
 
 
 @torch.no_grad()
@@ -329,7 +373,7 @@ def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
         if not len(x):
             continue
         try:
-            t = point_terms(vae, x, y, num_particles=1)
+            t = point_terms(vae, x, y, num_particles=1, means=False)
         except ValueError as e:  # parameters so large that a distribution gets NaN/inf arguments
             if not nonfinite.is_invalid_values(e):
                 raise
@@ -346,7 +390,8 @@ def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
 def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mod.TrainConfig) -> dict[str, Any]:
     res = summarize(point_terms(vae, ds.x_test, ds.y_test, tcfg.eval_particles), "test", tcfg.eval_particles)
     extra_metrics: Callable[..., dict[str, Any]] | None = getattr(vae.guide, "extra_metrics", None)
-    return {
+    best = nonfinite.best_epoch(history)
+    out = {
         "test_elbo": res.elbo,
         "test_log_likelihood": res.log_likelihood,
         "test_log_likelihood_stderr": res.log_likelihood_stderr,
@@ -356,11 +401,20 @@ def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mo
         "active_units": res.active_units,
         "epochs": history[-1]["epoch"] if history else 0,
         "train_seconds": sum(r["seconds"] for r in history),
-        "final_train_loss": history[-1]["train_loss"] if history else None,
+        # the estimator's loss at the last epoch's KL weight: a training objective, not a -ELBO
+        "final_train_objective": _objective(history[-1]) if history else None,
+        "best_epoch": None if best is None else best["epoch"],  # the epoch saved in best.pt
         "skipped_steps": history[-1]["skipped_steps"] if history else 0,
         # model-specific figures, e.g. VQ-VAE codebook usage/perplexity/dead codes (guide.extra_metrics)
-        **(extra_metrics(vae, ds.x_test) if extra_metrics is not None else {}),
+        **(extra_metrics(vae, data_mod.as_float(ds.x_test)) if extra_metrics is not None else {}),
     }
+    # measure/labels say what test_elbo, test_log_likelihood and test_kl are (pyro_vae.evaluate.Measure)
+    return Measure.from_kind(res.measure).fields(out, prefix="test_", k=tcfg.eval_particles)
+
+
+def _objective(record: Mapping[str, Any]) -> float:
+    """A metrics record's training objective (``train_loss`` in runs written before it was named)."""
+    return float(record["train_objective"] if "train_objective" in record else record["train_loss"])
 
 
 __all__ = ["FitResult", "NonFiniteLoss", "fit", "make_optimizer", "read_metrics"]

@@ -20,10 +20,14 @@ def test_train_evaluate_sample_in_process(tmp_path, capsys):
     assert main(["evaluate", str(run), "--particles", "20", "--split", "valid"]) == 0
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev) == {"split", "n", "num_particles", "elbo", "log_likelihood", "log_likelihood_stderr", "kl",
-                       "reconstruction", "active_units"}  # fmt: skip
+                       "reconstruction", "active_units", "measure", "labels", "checkpoint"}  # fmt: skip
     assert ev["split"] == "valid" and ev["num_particles"] == 20
+    assert ev["checkpoint"] == {"file": "checkpoint.pt", "epoch": 1}
     assert ev["log_likelihood"] >= ev["elbo"] - 0.5
-    assert "log p(x) >= L_20" in capsys.readouterr().out
+    # the default job scores greyscale digits with a Bernoulli: a cross-entropy bound, never "log p(x)"
+    assert ev["measure"] == "cross_entropy"
+    out = capsys.readouterr().out
+    assert "Bernoulli cross-entropy bound L_20" in out and "log p(x) >=" not in out
     out = tmp_path / "s.png"
     assert main(["sample", str(run), "--num", "12", "--out", str(out)]) == 0
     assert out.stat().st_size > 0

@@ -39,6 +39,11 @@ class Likelihood(nn.Module):
     def check_data(self, x: Tensor, where: str = "data") -> None:
         """Raise :class:`DataError` if this likelihood cannot score ``x``."""
 
+    def normalized_on(self, x: Tensor) -> bool:
+        """True if ``log_prob`` on ``x`` is a normalized log-density or log-mass, so that bounds built
+        from it bound log p(x) (see :func:`pyro_vae.evaluate.measure_of`)."""
+        return True
+
     def _event(self, d: dist.TorchDistribution) -> dist.TorchDistribution:
         return d.to_event(len(self.event_shape))
 
@@ -76,6 +81,10 @@ class Bernoulli(Likelihood):
 
     def check_data(self, x: Tensor, where: str = "data") -> None:
         check_unit_interval("bernoulli", x, where)
+
+    def normalized_on(self, x: Tensor) -> bool:
+        """A probability mass only on {0, 1}: greyscale values give a cross-entropy, not log p(x)."""
+        return bool(((x == 0) | (x == 1)).all())
 
 
 @register("likelihood", "continuous_bernoulli", context=("event_shape",))
