@@ -1,8 +1,10 @@
 """Datasets: the embedded default, torchvision sets, the user's ``.npz``; binarization; batching.
 
-Every dataset is held in memory as float tensors of shape ``(N, *event_shape)`` with values in
-``[0, 1]`` for images (or the user's raw values for ``npz``), moved once to the training device and
-batched by index slices, not a DataLoader.
+Every dataset is held in memory as tensors of shape ``(N, *event_shape)``, moved once to the training
+device and batched by index slices, not a DataLoader. 8-bit images (``image_folder``, ``celeba``, ``hf``,
+``uint8`` arrays in an ``npz``) stay ``uint8``, a quarter of the memory of float32; :func:`as_float`
+turns them into the values the model sees, ``x / 255`` in ``[0, 1]``, one batch at a time. Every
+other dataset is float32 (images in ``[0, 1]``, the user's raw values for a float ``npz``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from .registry import REGISTRY, register
 SPLIT_SEED = 20240101
 
 
+def as_float(x: Tensor) -> Tensor:
+    """The values the model sees: a ``uint8`` tensor (8-bit pixels) as ``x / 255``, anything else as float32."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 @dataclass(frozen=True)
 class Splits:
     """What a loader returns: raw train/test (and optional valid) arrays."""
@@ -38,7 +45,9 @@ class Splits:
 
 @dataclass(frozen=True)
 class Dataset:
-    """In-memory splits on one device. ``x_*`` are float tensors ``(N, *event_shape)``."""
+    """In-memory splits on one device. ``x_*`` are ``(N, *event_shape)`` tensors, float32 or ``uint8``
+    (8-bit pixels; :func:`as_float` gives the values, ``x / 255``). ``valid_source`` says where the
+    valid split came from."""
 
     name: str
     x_train: Tensor
@@ -49,6 +58,11 @@ class Dataset:
     y_test: Tensor | None
     binarize: str
     num_classes: int
+    # True: the training split stays where it was loaded (CPU memory or a memory-mapped file) and is
+    # read batch by batch through a DataLoader (pyro_vae/streaming.py); stream_reason says why.
+    stream: bool = False
+    stream_reason: str = ""
+    valid_source: str = ""  # where the valid split came from, e.g. "the last 10% of the training split"
 
     @property
     def event_shape(self) -> Shape:
@@ -58,19 +72,28 @@ class Dataset:
     def is_image(self) -> bool:
         return len(self.event_shape) == 3
 
+    def describe(self) -> str:
+        """One line: how many points went to each split, their shape and how they are stored."""
+        sizes = [len(x) for x in (self.x_train, self.x_valid, self.x_test)]
+        valid = f" ({self.valid_source})" if self.valid_source else ""
+        kind = "uint8, x/255 per batch" if self.x_train.dtype == torch.uint8 else str(self.x_train.dtype).replace("torch.", "")
+        return (f"data {self.name}: {sizes[0]:,} train / {sizes[1]:,} valid{valid} / {sizes[2]:,} test points "
+                f"of shape {self.event_shape} ({kind})")  # fmt: skip
+
     def split(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """The points (as the model sees them: :func:`as_float`) and labels of one split."""
         if name not in ("train", "valid", "test"):
             raise DataError(f"split {name!r} is not valid; valid choices: train, valid, test")
         x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
         if len(x) == 0:
             raise DataError(f"the {name} split of {self.name!r} is empty")
-        return x, y
+        return as_float(x), y
 
     def to(self, device: torch.device | str) -> Dataset:
+        """The splits on ``device``; a streamed training split stays where it is."""
         move = lambda t: None if t is None else t.to(device)
-        moved: dict[str, Any] = {
-            f: move(getattr(self, f)) for f in ("x_train", "x_valid", "x_test", "y_train", "y_valid", "y_test")
-        }
+        fields = ("x_valid", "x_test", "y_valid", "y_test") + (() if self.stream else ("x_train", "y_train"))
+        moved: dict[str, Any] = {f: move(getattr(self, f)) for f in fields}
         return replace(self, **moved)
 
 
@@ -91,12 +114,23 @@ def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
 # --------------------------------------------------------------------------- loaders
 
 
+def _stored(x: Tensor) -> Tensor:
+    """How a split is held: 8-bit pixels stay ``uint8`` (see :func:`as_float`), anything else float32."""
+    return x if x.dtype == torch.uint8 else x.float()
+
+
+def _extreme(x: Tensor, which: str) -> float:
+    """The smallest or largest value the model sees in ``x`` (uint8 as x / 255)."""
+    v = float(x.min() if which == "min" else x.max())
+    return v / 255 if x.dtype == torch.uint8 else v
+
+
 def _check_values(name: str, x: Tensor, split: str) -> None:
     if x.ndim < 2:
         raise DataError(f"{name}: x_{split} must have shape (N, features...) but has shape {tuple(x.shape)}")
     if 0 in x.shape[1:]:
         raise DataError(f"{name}: x_{split} has shape {tuple(x.shape)}: each point needs at least one feature")
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():  # integers (8-bit pixels) are always finite
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{name}: x_{split} holds {bad} NaN/inf values; clean the data first")
 
@@ -118,9 +152,20 @@ def _labels(name: str, y: Any, n: int, split: str) -> Tensor | None:
     return y.long()
 
 
-def _images(x: Any) -> Tensor:
-    x = torch.as_tensor(np.asarray(x))
-    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+def points_from_array(a: np.ndarray, key: str) -> Tensor:
+    """An ``npz`` array as stored points. The rule: ``uint8`` means 8-bit pixel intensities 0..255 and
+    stays ``uint8`` (the model sees ``x / 255``); every other dtype keeps its values as float32 (bool as
+    0/1). A ``uint8`` array holding only 0 and 1 is refused: read as pixels it would train on
+    {0, 1/255}, almost certainly not what binary data meant."""
+    if a.dtype == np.uint8:
+        if a.size and int(a.max()) <= 1:
+            raise DataError(
+                f"data.path: array {key!r} is uint8 with only 0/1 values; uint8 arrays are 8-bit pixels read as "
+                f"x/255, so 1 would become 0.0039: save binary data as bool or float32 (x.astype('float32')), "
+                f"or pixels as 0..255"
+            )
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.as_tensor(np.asarray(a)).float()
 
 
 @register("data", "digits", description="scikit-learn's 1,797 8x8 handwritten digits (offline default)")
@@ -199,8 +244,8 @@ def npz(*, path: str) -> Splits:
             raise DataError(f"data.path: {str(p)!r} member {k!r} is not a NumPy array")
         if a.dtype.kind not in "biuf":
             raise DataError(f"data.path: array {k!r} has dtype {a.dtype}; expected numbers")
-    get = lambda k: _images(arrays[k]) if k in arrays else None
-    x_train, x_test = _images(arrays["x_train"]), _images(arrays["x_test"])  # both present: checked above
+    get = lambda k: points_from_array(arrays[k], k) if k in arrays else None
+    x_train, x_test = points_from_array(arrays["x_train"], "x_train"), points_from_array(arrays["x_test"], "x_test")
     return Splits(x_train, x_test, arrays.get("y_train"), arrays.get("y_test"), get("x_valid"), arrays.get("y_valid"))
 
 
@@ -211,7 +256,7 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
     """Build the :class:`Dataset` for a resolved ``data:`` section."""
     name = cfg["name"]
     raw: Splits = REGISTRY.build("data", cfg)
-    x_tr, x_te = raw.x_train.float(), raw.x_test.float()
+    x_tr, x_te = _stored(raw.x_train), _stored(raw.x_test)
     for split, x in (("train", x_tr), ("test", x_te)):
         if len(x) == 0:
             raise DataError(f"{name}: the {split} split is empty")
@@ -224,7 +269,8 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
     if limit:
         x_tr, y_tr = x_tr[:limit], (None if y_tr is None else y_tr[:limit])
     if raw.x_valid is not None:
-        x_va = raw.x_valid.float()
+        x_va = _stored(raw.x_valid)
+        valid_source = "the dataset's own"
         _check_values(name, x_va, "valid")
         if len(x_va) and x_va.shape[1:] != x_tr.shape[1:]:
             raise DataError(
@@ -237,6 +283,8 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
         if n_valid >= len(x_tr):
             raise DataError(f"data.valid_size: {vs:g} leaves no training data ({len(x_tr)} points)")
         cut = len(x_tr) - n_valid  # the last points of the training split, as Burda et al.
+        share = f"{vs:.0%}" if vs < 1 else f"{n_valid:,} points"
+        valid_source = f"the last {share} of the training split: data.valid_size {vs:g}" if n_valid else "none"
         x_tr, x_va = x_tr[:cut], x_tr[cut:]
         y_tr, y_va = (None, None) if y_tr is None else (y_tr[:cut], y_tr[cut:])
     num_classes = 0
@@ -249,17 +297,24 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
             )
     mode = cfg.get("binarize", "none")
     if mode != "none":
-        lo = min(float(x.min()) for x in (x_tr, x_va, x_te) if len(x))
-        hi = max(float(x.max()) for x in (x_tr, x_va, x_te) if len(x))
+        lo = min(_extreme(x, "min") for x in (x_tr, x_va, x_te) if len(x))
+        hi = max(_extreme(x, "max") for x in (x_tr, x_va, x_te) if len(x))
         if lo < 0 or hi > 1:
             raise DataError(f"data.binarize: {mode!r} needs values in [0, 1], but {name} spans [{lo:g}, {hi:g}]")
         g = torch.Generator().manual_seed(SPLIT_SEED)
         # Evaluation splits are binarized once for both modes (a fixed stochastic binarization);
         # 'dynamic' resamples only the training batches.
-        x_va, x_te = binarize(x_va, g), binarize(x_te, g)
+        x_va, x_te = binarize(as_float(x_va), g), binarize(as_float(x_te), g)
         if mode == "static":
-            x_tr = binarize(x_tr, g)
-    return Dataset(name, x_tr, x_va, x_te, y_tr, y_va, y_te, mode, num_classes).to(device)
+            x_tr = binarize(as_float(x_tr), g)
+    from .streaming import should_stream, split_bytes
+
+    choice = should_stream(cfg.get("stream", "auto"), split_bytes(x_tr, y_tr), cfg.get("memory_budget_gb"),
+                           torch.device(device))  # fmt: skip
+    return Dataset(name, x_tr, x_va, x_te, y_tr, y_va, y_te, mode, num_classes, choice.stream, choice.reason,
+                   valid_source=valid_source).to(device)  # fmt: skip
 
 
 from . import celeba as _celeba  # noqa: F401  (registers data name celeba; reads this module's helpers)
+from . import image_folder as _image_folder  # noqa: F401  (registers data name image_folder)
+from . import hf_data as _hf_data  # noqa: F401  (registers data name hf; imports datasets only when used)

@@ -63,6 +63,11 @@ class DataOptions:
     binarize: Binarize = "none"  # static: sampled once (seeded); dynamic: resampled every batch
     valid_size: NonNegativeFloat = 0.1  # < 1: fraction of the training split held out; >= 1: a count
     limit: NonNegativeInt = 0  # > 0: keep only the first N training points (quick trials)
+    # Stream the training split through a torch DataLoader instead of holding it on the training device
+    # (pyro_vae/streaming.py; same numbers either way). auto: when it exceeds memory_budget_gb.
+    stream: Literal["auto"] | bool = "auto"
+    memory_budget_gb: PositiveFloat | None = None  # null: half the memory available on the training device
+    workers: NonNegativeInt | None = None  # DataLoader worker processes when streaming; null: min(4, CPUs - 1)
 
 
 @dataclass(frozen=True)
