@@ -316,5 +316,5 @@ def load(cfg: Mapping[str, Any], device: torch.device | str = "cpu") -> Dataset:
 
 
 from . import celeba as _celeba  # noqa: F401  (registers data name celeba; reads this module's helpers)
-from . import image_folder as _image_folder  # noqa: F401  (registers data name image_folder)
 from . import hf_data as _hf_data  # noqa: F401  (registers data name hf; imports datasets only when used)
+from . import image_folder as _image_folder  # noqa: F401  (registers data name image_folder)

@@ -27,6 +27,18 @@ def _fresh_rng():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_tmp(tmp_path_factory):
+    """Decoded-image caches (pyro_vae/image_cache.py) go to a temporary folder, never ~/.cache."""
+    old = os.environ.get("PYRO_VAE_CACHE")
+    os.environ["PYRO_VAE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PYRO_VAE_CACHE", None)
+    else:
+        os.environ["PYRO_VAE_CACHE"] = old
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

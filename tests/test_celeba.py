@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pyro_vae import fit
-from pyro_vae.data import load
+from pyro_vae.data import as_float, load
 from pyro_vae.errors import DataError, SpecError
 from pyro_vae.nets import conv64
 from pyro_vae.spec import from_args
@@ -38,8 +38,9 @@ def test_loads_crops_and_resizes_with_the_official_partition(tmp_path: Path) -> 
                "binarize": "none", "valid_size": 0.0, "limit": 0})  # fmt: skip
     assert ds.event_shape == (3, 64, 64)
     assert (len(ds.x_train), len(ds.x_valid), len(ds.x_test)) == (8, 2, 2)
-    x = ds.x_train
-    assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert ds.x_train.dtype == torch.uint8  # 8-bit pixels stay 8-bit; the model sees x / 255
+    x = as_float(ds.x_train)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
     torch.testing.assert_close(x * 255, (x * 255).round(), atol=1e-4, rtol=0)  # 8-bit levels
 
 
@@ -54,7 +55,7 @@ def test_crop_then_resize_matches_torchvision(tmp_path: Path) -> None:
     ds = load({"name": "celeba", "root": str(tmp_path), "size": 32, "crop": 148, "max_images": 0, "download": False,
                "binarize": "none", "valid_size": 0.0, "limit": 0})  # fmt: skip
     ref = TF.resize(TF.center_crop(img, [148, 148]), [32, 32], antialias=True).float() / 255
-    torch.testing.assert_close(ds.x_train[0], ref)
+    torch.testing.assert_close(as_float(ds.x_train[0]), ref, atol=0, rtol=0)
     assert len(ds.x_test) == 1  # no partition file: a seeded tenth (at least one image) is the test split
 
 
