@@ -150,27 +150,26 @@ def check_divergence(
     kind, schedule = elbo.get("kind", "?"), train.get("kl_schedule", "constant")
     estimator = f"elbo.kind: {kind}" + (f" (num_particles {elbo['num_particles']})" if "num_particles" in elbo else "")
     sched = f"train.kl_schedule: {schedule}" + ("" if schedule == "constant" else f" (kl_steps {train.get('kl_steps')})")
+    lr = f"lower train.lr ({train.get('lr', float('nan')):g})"
     if kind in PATH_DERIVATIVE:
+        warm = schedule != "constant"
         cause = (
-            f"likely cause: the path-derivative term of log q(z|x) in {kind}'s gradient grows like 1/sigma as "
-            "q's scale collapses"
-            + (" while the warm-up's KL weight is small" if schedule != "constant" else "")
-            + f"; use elbo.kind: iwae{' or train.kl_schedule: constant' if schedule != 'constant' else ''}, "
-            f"or lower train.lr ({train.get('lr', float('nan')):g})"
+            f"likely cause: {kind}'s path-derivative term of log q(z|x) grows like 1/sigma as q's scale collapses"
+            + (" while the KL weight is small" if warm else "")
+            + f"; use elbo.kind: iwae{' or train.kl_schedule: constant' if warm else ''}, or {lr}"
         )
     else:
-        cause = causes(cfg)
-    last = (
-        f"the last good checkpoint is in {str(checkpoint_path)!r}"
+        cause = f"likely cause: a learning rate too large ({lr}) or a likelihood scale that collapsed"
+    run_dir = Path(checkpoint_path).parent
+    kept = (
+        f"kept in {str(run_dir)!r}: checkpoint.pt (last good epoch), best.pt (epoch {best['epoch']})"
         if Path(checkpoint_path).is_file()
         else "no checkpoint was written"
     )
-    best_file = Path(checkpoint_path).with_name("best.pt")
     raise Diverged(
         f"epoch {record['epoch']}: held-out {key} {float(record[key]):.4g} fell {drop:.4g} nats below its best "
-        f"({float(best[key]):.4g} at epoch {best['epoch']}; the limit is max({DIVERGENCE_NATS:g}, "
-        f"{DIVERGENCE_SPREAD:g} x the std of the last {DIVERGENCE_WINDOW} epochs) = {limit:.4g}): training diverged "
-        f"with {estimator} and {sched}; {cause}; {last}; the best epoch is in {str(best_file)!r}"
+        f"({float(best[key]):.4g}, epoch {best['epoch']}; limit max({DIVERGENCE_NATS:g}, {DIVERGENCE_SPREAD:g} x std "
+        f"of the last {DIVERGENCE_WINDOW} epochs) = {limit:.4g}); diverged with {estimator}, {sched}; {cause}; {kept}"
     )
 
 
