@@ -1,0 +1,196 @@
+"""Will it fit, and how long will it take? Estimates checked before any work starts.
+
+Memory: the model is built on PyTorch's ``meta`` device (shapes only, nothing allocated), which
+gives the exact parameter count of any registered component; activations are estimated from the
+widths of its layers. Training needs the parameters, their gradients and two Adam moments
+(16 bytes per float32 parameter) plus the activations of one batch of ``batch_size x num_particles``
+rows kept for the backward pass. The estimate is compared with the memory available now
+(``MemAvailable`` in ``/proc/meminfo``, a cgroup limit when lower; free memory on a CUDA device).
+
+Time: a command that would run for hours is timed on a short probe first and refused with the
+estimate unless the user raises the limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._typing import Shape
+from .errors import SpecError
+
+#: float32 bytes per parameter while training: the value, its gradient and Adam's two moments.
+TRAIN_BYTES_PER_PARAM = 16
+#: Activations kept per row (data point x particle) per unit of layer width: forward value and gradient,
+#: float32, with a factor 2 of slack for the likelihood's and the estimator's temporaries.
+BYTES_PER_WIDTH = 16
+
+
+def fmt_bytes(n: float) -> str:
+    """``12.3 GB`` (powers of 1000, as ``free -h --si``)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # unreachable
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes that can be allocated now on ``device`` (CPU: MemAvailable, capped by a cgroup limit)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    avail = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not avail:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return 1 << 62  # unknown: nothing is refused
+    try:  # a container's limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            avail = min(avail, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def layer_width(module: nn.Module, event_shape: Shape) -> int:
+    """Sum of the output widths of ``module``'s layers for one row (a data point or a particle).
+
+    Linear layers contribute their ``out_features``; convolutions their channels times the event's
+    pixels (an upper bound for strided layers); the data and its likelihood parameters count twice.
+    """
+    pixels = math.prod(event_shape[1:]) if len(event_shape) >= 2 else 1
+    width = 2 * math.prod(event_shape)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            width += m.out_features
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            width += m.out_channels * pixels
+    return width
+
+
+def model_size(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> tuple[int, int, str] | None:
+    """(parameters, width per row, its largest tensor) of the resolved spec's model, built on the meta device.
+
+    None when a component cannot be built without real tensors; the real build then decides.
+    """
+    from .models.vae import build_model
+
+    try:
+        with torch.device("meta"):
+            vae = build_model(cfg, event_shape, num_classes)
+    except SpecError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a plugin that computes with tensor values in __init__
+        return None
+    tensors = [*vae.named_parameters(), *vae.named_buffers()]
+    params = sum(t.numel() for _, t in tensors)
+    name, big = max(tensors, key=lambda nt: nt[1].numel(), default=("", torch.empty(0)))
+    largest = f"the largest tensor is {name} of shape {tuple(big.shape)}" if name else "no tensors"
+    return params, layer_width(vae, event_shape), largest
+
+
+def check_memory(need: float, what: str, device: torch.device | str, fix: str) -> None:
+    """Raise :class:`SpecError` when ``need`` bytes exceed what ``device`` has available."""
+    avail = available_memory(device)
+    if need > avail:
+        raise SpecError(
+            f"{what} needs about {fmt_bytes(need)} of memory but {fmt_bytes(avail)} is available on "
+            f"{torch.device(device).type}; {fix}"
+        )
+
+
+def check_training_fits(
+    cfg: Mapping[str, Any], event_shape: Shape, num_classes: int, device: torch.device | str, eval_rows: int
+) -> None:
+    """Refuse a spec whose model, batch or particles cannot fit in memory, before anything is built."""
+    size = model_size(cfg, event_shape, num_classes)
+    if size is None:
+        return
+    params, width, largest = size
+    particles = int(cfg["elbo"].get("num_particles") or 1)
+    rows = max(cfg["train"]["batch_size"] * particles, eval_rows)
+    weights = TRAIN_BYTES_PER_PARAM * params
+    acts = BYTES_PER_WIDTH * rows * width
+    check_memory(
+        weights + acts,
+        f"this spec ({params:,} parameters: {fmt_bytes(weights)} with gradients and optimizer state; "
+        f"activations of {rows:,} rows (points x particles): {fmt_bytes(acts)}; {largest})",
+        device,
+        "make the model smaller (model.latent_dim, model.network.hidden, the prior's size) or lower "
+        "elbo.num_particles or train.batch_size",
+    )
+
+
+def check_duration(seconds: float, limit_hours: float, what: str, probe: str, flag: str) -> None:
+    """Refuse work estimated to last longer than ``limit_hours`` (0: no limit)."""
+    if limit_hours > 0 and seconds > limit_hours * 3600:
+        raise SpecError(
+            f"{what} would take about {fmt_duration(seconds)} ({probe}), more than the {limit_hours:g} h limit; "
+            f"ask for less, or give {flag} 0 to run it anyway"
+        )
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} hours"
+    if seconds < 3 * 365 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    return f"{seconds / (365.25 * 86400):,.0f} years"
+
+
+__all__ = [
+    "available_memory",
+    "check_duration",
+    "check_memory",
+    "check_training_fits",
+    "estimate_eval_seconds",
+    "fmt_bytes",
+    "fmt_duration",
+    "layer_width",
+    "model_size",
+]
+
+
+#: Below this many (point, particle) rows an evaluation is not worth timing first.
+PROBE_ABOVE_ROWS = 5_000_000
+
+
+def estimate_eval_seconds(vae: Any, x: Any, y: Any, num_particles: int, points: int) -> tuple[float, str]:
+    """Seconds to score ``points`` points with ``num_particles`` particles, from a short timed probe
+    (about 1,000 rows after a warm-up), and how the estimate was made."""
+    import time
+
+    from .evaluate import point_terms
+
+    k = min(num_particles, 256)
+    m = max(1, min(len(x), 1024 // k))
+    xb, yb = x[:m], (None if y is None else y[:m])
+    point_terms(vae, xb, yb, k)  # warm-up: first-call costs are not the rate
+    t0 = time.perf_counter()
+    point_terms(vae, xb, yb, k)
+    per_row = (time.perf_counter() - t0) / (m * k)
+    total = per_row * points * num_particles
+    how = f"{points:,} points x {num_particles:,} particles at {per_row * 1e6:.1f} us each, timed on {m * k:,}"
+    return total, how
