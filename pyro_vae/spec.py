@@ -44,7 +44,8 @@ class TrainConfig:
     momentum: Annotated[float, Interval(0, 1, high_open=True)] = 0.0  # sgd only
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
-    progress: bool = True  # tqdm progress bar with the running loss
+    progress: bool = True  # tqdm progress bar with the running loss; plain lines when stderr is not a terminal
+    progress_seconds: PositiveFloat = 60.0  # plain lines: at most one per this many seconds inside an epoch
     figures: bool = True  # write RUN_DIR/figures/*.png after training
     # KL weight per step = elbo.beta * factor (pyro_vae/schedules.py). constant: 1; linear: warm-up
     # 0 -> 1 over kl_steps steps (Bowman et al. 2016); cyclical: cycles of kl_steps steps, each ramping

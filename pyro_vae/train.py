@@ -19,15 +19,14 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from tqdm.auto import tqdm
 
-from . import checkpoint, fastpath, interrupt, nonfinite, runlock, streaming
+from . import checkpoint, fastpath, interrupt, nonfinite, progress, resources, runlock, streaming
 from . import data as data_mod
 from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
 from . import spec as spec_mod
 from .data import Dataset
 from .errors import RunError, SpecError
-from .evaluate import Measure, PointTerms, point_terms, summarize
+from .evaluate import ROW_BUDGET, Measure, PointTerms, point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import RunPaths, check_data_agrees, data_fingerprint, pin_data_paths, read_metrics, resolve_device, trained_config
@@ -42,11 +41,11 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 #: train.* keys that may change when resuming; anything else would change the experiment.
-_RESUMABLE = ("epochs", "progress", "figures", "eval_particles", "device", "max_bad_steps", "fast_path")
+_RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps", "fast_path")
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
 #: data.* keys that may change when resuming: how the training split is read, not what it holds.
-_RESUMABLE_DATA = ("stream", "memory_budget_gb", "workers")
+_RESUMABLE_DATA = ("stream", "memory_budget_gb", "workers", "cache", "cache_dir", "decode_workers")
 
 
 @dataclass(frozen=True)
@@ -176,10 +175,14 @@ def fit(
 
     pyro.set_rng_seed(cfg["seed"])
     ds = data_mod.load(cfg["data"], device)
+    # model, batch and particles that cannot fit in memory: one line with the estimate (pyro_vae/resources.py)
+    resources.check_training_fits(cfg, ds.event_shape, ds.num_classes, device, eval_rows=ROW_BUDGET)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(device)
     check_data(vae, ds)
     if tcfg.progress and dctx.is_main:  # how many points went to each split, before any training
         print(ds.describe(), flush=True)
+        if ds.stream:
+            print(f"data: the training split streams through a DataLoader ({ds.stream_reason})", flush=True)
     vae.set_kl_weight(cfg["elbo"]["beta"])
     loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
     if tcfg.fast_path:  # same loss without Pyro's per-step tracing where supported (pyro_vae/fastpath.py)
@@ -224,12 +227,13 @@ def fit(
     n = len(ds.x_train)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
     source = _train_batches(ds, cfg, tcfg, dctx, device)  # in memory, or streamed through a DataLoader
-    bar = tqdm(
+    bar = progress.Progress(  # tqdm's bar on a terminal; plain lines in a log file (pyro_vae/progress.py)
         total=steps_per_epoch * max(tcfg.epochs - start_epoch, 0),
-        disable=not tcfg.progress or not dctx.is_main,
         desc=cfg["name"],
-        unit="step",
-        dynamic_ncols=True,
+        epochs=tcfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        enabled=tcfg.progress and dctx.is_main,
+        interval=tcfg.progress_seconds,
     )
     bad_in_row = 0
     skipped = int(history[-1].get("skipped_steps", 0)) if history else 0
@@ -304,7 +308,7 @@ def fit(
         nonfinite.check_record(record, cfg, paths.checkpoint)  # a blown-up model is never checkpointed
         nonfinite.check_divergence(history, record, cfg, paths.checkpoint)  # nor a diverged one
         history.append(record)
-        bar.set_postfix(epoch=epoch, objective=f"{objective:.3f}", test_elbo=f"{record['test_elbo']:.3f}")
+        bar.epoch_end(record)
         state = {
             "epoch": epoch,
             "model": vae.state_dict(),
