@@ -166,4 +166,78 @@ def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise RunError(f"{str(path)!r} is not a pyro-vae checkpoint")
     if state.get("version") != VERSION:
         raise RunError(f"checkpoint {str(path)!r} has version {state.get('version')}; this pyro-vae reads {VERSION}")
+    problem = layout_problem(state)
+    if problem:
+        raise RunError(f"checkpoint {str(path)!r} does not match the pyro-vae checkpoint layout: {problem}")
     return state
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: Entries of ``partial`` (where a signal stopped inside an epoch) and what each must be.
+_PARTIAL: dict[str, tuple[str, Any]] = {
+    "epoch": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "steps": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "count": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "skipped": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "bad_in_row": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "seconds": ("a number", _is_number),
+    "total": ("a 0-d floating tensor", lambda v: isinstance(v, torch.Tensor) and v.ndim == 0 and v.is_floating_point()),
+}
+
+
+def layout_problem(state: dict[str, Any]) -> str | None:
+    """What is missing or mistyped in a loaded checkpoint (None when it has the layout :func:`save` writes).
+
+    Required: ``epoch`` (int >= 0), ``model`` (a state dict: names to tensors), ``optimizer`` (a
+    mapping), ``rng`` (``torch`` and ``data`` generator states as uint8 tensors), ``history`` (a list of
+    per-epoch records, one per epoch), ``config`` (the resolved spec as YAML text); optional:
+    ``partial`` (a mapping with the entries of :data:`_PARTIAL`) and ``data_fingerprint`` (a string).
+    """
+
+    def missing_or(key: str, ok: bool, want: str) -> str | None:
+        if key not in state:
+            return f"entry {key!r} is missing"
+        return None if ok else f"entry {key!r} must be {want}, not {type(state[key]).__name__}"
+
+    epoch = state.get("epoch")
+    model, rng, history = state.get("model"), state.get("rng"), state.get("history")
+    checks = [
+        missing_or("epoch", _is_int(epoch) and epoch >= 0, "an integer >= 0"),
+        missing_or("model", isinstance(model, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()), "a mapping of names to tensors"),
+        missing_or("optimizer", isinstance(state.get("optimizer"), dict), "a mapping"),
+        missing_or("rng", isinstance(rng, dict) and all(
+            isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("torch", "data")),
+            "a mapping with uint8 tensors 'torch' and 'data'"),
+        missing_or("history", isinstance(history, list) and all(isinstance(r, dict) for r in history),
+                   "a list of per-epoch mappings"),
+        missing_or("config", isinstance(state.get("config"), str), "the spec as YAML text"),
+    ]  # fmt: skip
+    for c in checks:
+        if c:
+            return c
+    assert isinstance(history, list) and _is_int(epoch)
+    if len(history) != epoch:
+        return f"entry 'history' holds {len(history)} epochs but 'epoch' is {epoch}"
+    if "data_fingerprint" in state and not isinstance(state["data_fingerprint"], str):
+        return "entry 'data_fingerprint' must be a string"
+    partial = state.get("partial")
+    if partial is None:
+        return None
+    if not isinstance(partial, dict):
+        return f"entry 'partial' must be a mapping, not {type(partial).__name__}"
+    for key, (want, ok) in _PARTIAL.items():
+        if key not in partial:
+            return f"entry 'partial' lacks {key!r}"
+        if not ok(partial[key]):
+            return f"entry 'partial.{key}' must be {want}"
+    if partial["epoch"] != epoch + 1:
+        return f"entry 'partial.epoch' is {partial['epoch']} but a partial epoch follows epoch {epoch}"
+    return None

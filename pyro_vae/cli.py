@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import runlock
-from .errors import PyroVAEError
+from . import resources, runlock
+from .errors import PyroVAEError, brief
 from .interrupt import Interrupted
 from .registry import GROUPS
 
@@ -61,6 +61,11 @@ def _evaluate(a: argparse.Namespace) -> int:
         raise SpecError(f"--seed {a.seed}: must be in [0, 2**32 - 1]")
     held = runlock.open_reader(a.run_dir, "evaluate")  # no writer may start on the run until eval.json is written
     run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
+    x, y = run.data.split(a.split)
+    n = min(a.points or len(x), len(x))
+    if n * a.particles > resources.PROBE_ABOVE_ROWS:  # hours of work are announced, not started
+        seconds, how = resources.estimate_eval_seconds(run.vae, x, y, a.particles, n)
+        resources.check_duration(seconds, a.max_hours, f"evaluate --particles {a.particles}", how, "--max-hours")
     res = evaluate(run.vae, run.data, a.split, a.particles, points=a.points or 0, seed=a.seed)
     assert run.checkpoint_path is not None
     res = replace(res, checkpoint={"file": run.checkpoint_path.name, "epoch": run.epoch})
@@ -148,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seeds the subset and the importance samples (default 0)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last", help=_CHECKPOINT_HELP)
+    e.add_argument("--max-hours", type=float, default=1.0,
+                   help="refuse when a timed probe estimates a longer run (default 1; 0: no limit)")  # fmt: skip
     e.set_defaults(func=_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained run into a PNG")
@@ -185,13 +192,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_positive(a: argparse.Namespace) -> None:
+#: Integer options and their valid ranges (inclusive; None: unbounded), checked for every command that has them.
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "particles": (1, None), "num": (1, None), "points": (1, None), "samples": (1, None), "chains": (1, None),
+    "draws": (1, None), "nuts": (0, None), "warmup": (0, None), "gap_points": (0, None), "sbc": (0, None),
+    "seed": (0, 2**32 - 1), "label": (0, None), "workers": (1, None), "eval_points": (0, None),
+    "train_particles": (0, None), "curve_particles": (0, None), "curve_points": (1, None),
+    "snr_draws": (2, None), "snr_points": (1, None),
+}  # fmt: skip
+#: Most samples drawn into one PNG grid (10 a row): matplotlib draws at most 2**16 pixels a side.
+MAX_SAMPLE_GRID = 5000
+#: Image formats ``sample --out`` can write (matplotlib's raster and vector formats).
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp", ".eps", ".ps", ".gif")
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """Every argument a command was given, checked in one place before any work starts: integer
+    ranges, output paths (a file, a device, a missing or unwritable parent, a name too long) and
+    output formats. Raises :class:`~pyro_vae.errors.SpecError` (exit 2, one line)."""
+    import math
+
     from .errors import SpecError
 
-    for name in ("particles", "num"):
+    for name, (lo, hi) in _INT_RANGES.items():
         v = getattr(a, name, None)
-        if v is not None and v < 1:
-            raise SpecError(f"--{name} {v}: must be >= 1")
+        if isinstance(v, int) and not (lo <= v and (hi is None or v <= hi)):
+            flag = "--" + name.replace("_", "-")
+            raise SpecError(f"{flag} {v}: must be >= {lo}" if hi is None else f"{flag} {v}: must be in [{lo}, {hi}]")
+    budget = getattr(a, "budget_seconds", None)
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise SpecError(f"--budget-seconds {budget}: must be a finite number >= 0")
+    hours = getattr(a, "max_hours", None)
+    if hours is not None and not (math.isfinite(hours) and hours >= 0):
+        raise SpecError(f"--max-hours {hours}: must be a finite number >= 0 (0: no limit)")
+    out = getattr(a, "out", None)
+    if a.command == "sample":
+        if a.num > MAX_SAMPLE_GRID:
+            raise SpecError(
+                f"--num {a.num}: at most {MAX_SAMPLE_GRID:,} samples fit in one image grid (matplotlib draws at "
+                "most 65,536 pixels a side); draw them in Python with vae.sample(n) for more"
+            )
+        if out is not None and Path(out).suffix.lower() not in _IMAGE_SUFFIXES:
+            raise SpecError(
+                f"--out {brief(out)}: the file name must end in an image format ({', '.join(_IMAGE_SUFFIXES)})"
+            )
+    if a.command in ("sample", "gradients") and out is not None:
+        parent = runlock.check_out_file(out).parent
+        if not runlock.is_inside(parent, a.run_dir):  # the run's own folders are made and recorded by the command
+            try:  # the folder the user named, made now: a place where nothing can be created fails before any work
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SpecError(f"--out {brief(out)}: cannot create {brief(str(parent))}: {e.strerror or e}") from None
+    elif a.command in ("train", "compare", "diagnose") and out is not None:
+        runlock.check_out_dir(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = a.func
     try:
-        _check_positive(a)
-        return func(a)
+        _check_args(a)
+        return runlock.releases_locks(func)(a)  # run directory locks end with the command, however it ends
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2

@@ -469,7 +469,7 @@ def compare(
     """
     if out is None:
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = runlock.check_out_dir(out)  # a file, a device, '' or too long: before any work
+    out = runlock.check_out_dir(out, what="output directory")  # a file, a device, '' or too long: before any work
     jobs = plan(spec, estimators, seeds, out, overrides, options)
     # locked while the comparison runs; --force deletes what an earlier comparison wrote there, nothing else
     owner = runlock.open_writer(out, force=force, resume=False, command="compare")

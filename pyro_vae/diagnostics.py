@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from torch.distributions import LowRankMultivariateNormal as _LowRankMVN
 from torch.distributions import MultivariateNormal as _MVN
 from torch.distributions import Normal as _Normal
 
-from . import _arviz
+from . import _arviz, runlock
 from ._typing import Tensor
 from .errors import RunError, SpecError
 from .estimators import log_terms
@@ -682,6 +683,11 @@ def run_diagnostics(
     xs = x[index.to(x.device)]
     ys = None if y is None else y[index.to(x.device)]
     check_guide(vae, xs, vae.cond(ys))
+    from .evaluate import measure_of
+
+    measure = measure_of(vae, xs)  # what "ELBO" and "log p(x)" below are for this likelihood and data
+    if measure.note():
+        notes.append(f"bounds: {measure.note()}; 'ELBO', 'L_S' and 'log p(x)' here are that quantity")
     try:
         with frozen(vae):
             t0 = time.perf_counter()
@@ -838,27 +844,34 @@ def inference_data(d: Diagnosis, x_nuts: np.ndarray | None = None) -> Any:
 
 
 def write_outputs(
-    d: Diagnosis, out: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any = None, y: Tensor | None = None
+    d: Diagnosis, out: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any = None, y: Tensor | None = None,
+    claim: Callable[[Path], Path] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """diagnostics.json, posterior.nc and figures/ in ``out``; ``x`` are the points of the split."""
+    """diagnostics.json, posterior.nc and figures/ in ``out``; ``x`` are the points of the split.
+
+    ``claim(path)`` is called on each file before it is written (an output directory records it);
+    ``extra`` entries are added to diagnostics.json (e.g. the checkpoint the model came from).
+    """
     from . import plots_diagnostics as pd
 
-    out.mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    if claim is None:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        claim = lambda p: p  # noqa: E731
     paths = {"json": out / "diagnostics.json", "netcdf": out / "posterior.nc"}
     x_nuts = None
     if d.nuts_points:
         x_nuts = x[torch.tensor([p["index"] for p in d.nuts_points], device=x.device)].detach().cpu().numpy()
-    _arviz.save(inference_data(d, x_nuts), paths["netcdf"])
-    paths.update(pd.all_figures(d, fig_dir, x, event_shape, vae, y))
-    report = d.report()
+    _arviz.save(inference_data(d, x_nuts), claim(paths["netcdf"]))
+    paths.update(pd.all_figures(d, fig_dir, x, event_shape, vae, y, claim=claim))
+    report = {**(extra or {}), **d.report()}
     report["files"] = {k: str(v) for k, v in paths.items()}
-    with open(paths["json"], "w") as f:
+    with open(claim(paths["json"]), "w") as f:
         json.dump(_plain(report), f, indent=1)
     return paths
 
 
+@runlock.releases_locks
 def diagnose(
     run_dir: str | Path,
     opts: DiagnoseOptions = DiagnoseOptions(),
@@ -870,11 +883,21 @@ def diagnose(
     from .rundir import load_run
 
     opts.check()
+    if out is not None:
+        runlock.check_out_dir(out, what="output directory")  # a file, a device, '' or too long: refused before any computing
+    held = runlock.open_reader(run_dir, "diagnose")  # no writer may start on the run meanwhile
     run = load_run(run_dir, device=device)
+    out_dir = Path(out) if out is not None else run.paths.root / "diagnostics"
+    if runlock.is_inside(out_dir, run.paths.root):  # recorded in the run's own manifest
+        owner, under = held, Path(os.path.relpath(os.path.realpath(out_dir), os.path.realpath(run.paths.root)))
+    else:  # a folder of its own: new, empty or an earlier diagnosis; locked while this one runs
+        owner, under = runlock.open_writer(out_dir, force=True, resume=False, command="diagnose"), Path()
     x, y = run.data.split(opts.split)
     d = run_diagnostics(run.vae, x, y, opts, log=log)
-    out_dir = Path(out) if out is not None else run.paths.root / "diagnostics"
-    paths = write_outputs(d, out_dir, x, run.data.event_shape, run.vae, y)
+    if under.as_posix() != ".":
+        owner.clear(under=under.as_posix())  # the previous diagnosis written there (stale pair plots too)
+    paths = write_outputs(d, out_dir, x, run.data.event_shape, run.vae, y, claim=owner.claim,
+                          extra={"checkpoint": {"file": run.paths.checkpoint.name, "epoch": run.epoch}})  # fmt: skip
     return d, paths
 
 

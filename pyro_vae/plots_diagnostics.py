@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -184,21 +185,23 @@ def sbc_figure(d: Diagnosis, path: Path, max_lines: int = 20) -> None:
 
 
 def all_figures(
-    d: Diagnosis, fig_dir: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any, y: Tensor | None
+    d: Diagnosis, fig_dir: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any, y: Tensor | None,
+    claim: Callable[[Path], Path] = lambda p: p,
 ) -> dict[str, Path]:
+    """Every diagnostic figure in ``fig_dir``; ``claim(path)`` is called on each file before it is written."""
     paths: dict[str, Path] = {}
     paths["khat_png"] = fig_dir / "khat.png"
-    khat_figure(d, paths["khat_png"])
-    if worst_points_figure(d, fig_dir / "worst_points.png", x, event_shape, vae, y):
+    khat_figure(d, claim(paths["khat_png"]))
+    if worst_points_figure(d, claim(fig_dir / "worst_points.png"), x, event_shape, vae, y):
         paths["worst_points_png"] = fig_dir / "worst_points.png"
     for m, p in enumerate(d.nuts_points):
         key = f"pair_{p['index']}_png"
         paths[key] = fig_dir / f"pair_{p['index']}.png"
-        pair_figure(d, m, paths[key])
+        pair_figure(d, m, claim(paths[key]))
     if d.gap is not None:
         paths["gaps_png"] = fig_dir / "gaps.png"
-        gaps_figure(d, paths["gaps_png"])
+        gaps_figure(d, claim(paths["gaps_png"]))
     if d.calibration is not None:
         paths["sbc_png"] = fig_dir / "sbc_ecdf.png"
-        sbc_figure(d, paths["sbc_png"])
+        sbc_figure(d, claim(paths["sbc_png"]))
     return paths

@@ -105,8 +105,18 @@ def _short(v: Any) -> str:
 
 
 def check_config_agrees(on_disk: dict[str, Any], trained: dict[str, Any], paths: RunPaths) -> None:
-    """``config.yaml`` must say what the checkpoint was trained with; an edit is refused, never trusted."""
-    d = first_difference(trained, on_disk)
+    """``config.yaml`` must say what the checkpoint was trained with; an edit is refused, never trusted.
+
+    The settings ``train --resume --set`` may change (epochs, display, how data is streamed) are
+    written to config.yaml when a resumed run starts, before its next checkpoint: they may differ.
+    """
+    from .train import _RESUMABLE, _RESUMABLE_DATA  # the keys --resume may change
+
+    def without_resumable(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in _RESUMABLE},
+                "data": {k: v for k, v in cfg["data"].items() if k not in _RESUMABLE_DATA}}  # fmt: skip
+
+    d = first_difference(without_resumable(trained), without_resumable(on_disk))
     if d is not None:
         key, was, now = d
         raise RunError(

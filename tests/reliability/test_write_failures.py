@@ -72,7 +72,9 @@ def test_disk_full_during_training_keeps_previous_checkpoint(
 
 def test_checkpoint_write_failure_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save(path, {"epoch": 1})
+    torch = __import__("torch")
+    rng = {"torch": torch.get_rng_state(), "data": torch.Generator().get_state()}
+    checkpoint.save(path, {"epoch": 1, "model": {}, "optimizer": {}, "rng": rng, "history": [{}], "config": ""})
     _fill_disk(monkeypatch, 100)
     with pytest.raises(
         RunError, match=r"cannot write checkpoint .*No space left on device; the previous checkpoint is intact"
