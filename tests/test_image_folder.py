@@ -279,3 +279,19 @@ def test_celeba_is_an_image_folder_configuration(tmp_path: Path) -> None:
     key = lambda ds: sorted(bytes(x.numpy()) for x in torch.cat([ds.x_train, ds.x_test]))
     assert key(c) == key(f) and c.x_train.dtype == torch.uint8
     assert torch.equal(as_float(c.x_train), c.split("train")[0])
+
+
+def test_resume_may_move_the_cache_and_evaluate_reads_the_same_data(tmp_path: Path) -> None:
+    from pyro_vae.evaluate import evaluate
+    from pyro_vae.rundir import load_run
+
+    folder = classes_folder(tmp_path / "imgs", per_class=4)
+    common = ["data.name=image_folder", f"data.path={folder}", "data.size=8", "model.network.hidden=[8]",
+              "model.likelihood.kind=discretized_logistic", "train.progress=false", "train.figures=false",
+              "train.eval_particles=2"]  # fmt: skip
+    fit(overrides=[*common, "train.epochs=1", f"data.cache_dir={tmp_path / 'a'}"], out=tmp_path / "run")
+    res = fit(overrides=["train.epochs=2", f"data.cache_dir={tmp_path / 'b'}"], out=tmp_path / "run", resume=True)
+    assert [r["epoch"] for r in res.history] == [1, 2] and len(list((tmp_path / "b").glob("*.npy"))) == 1
+    run = load_run(tmp_path / "run")
+    assert torch.equal(run.data.x_test, res.data.x_test) and run.data.x_test.dtype == torch.uint8
+    assert np.isfinite(evaluate(run.vae, run.data, "test", num_particles=2).elbo)
