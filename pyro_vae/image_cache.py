@@ -124,6 +124,9 @@ def decode_all(
             out[start : start + len(arr)] = arr
             failed += bad
     else:
+        import torchvision.transforms.v2.functional  # noqa: F401  imported once here, inherited by the workers
+        from PIL import Image  # noqa: F401
+
         # fork: workers start in milliseconds and inherit the sources; they only run Pillow and small torch ops
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(procs, initializer=_one_thread) as pool:
@@ -147,10 +150,12 @@ def fingerprint(entries: Sequence[tuple[str, int, int]], t: Transform, extra: st
 
 def file_entries(paths: Sequence[Path], root: Path) -> list[tuple[str, int, int]]:
     """``(path relative to root, size, mtime_ns)`` for each file: the cache key of a folder of images."""
+    prefix = len(str(root).rstrip(os.sep)) + 1
     out = []
     for p in paths:
-        st = p.stat()
-        out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+        name = str(p)
+        st = os.stat(name)
+        out.append((name[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
     return out
 
 

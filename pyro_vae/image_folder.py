@@ -28,7 +28,7 @@ import torch
 from ._typing import NonNegativeInt, PositiveFloat, PositiveInt
 from .data import SPLIT_SEED, Splits
 from .errors import DataError
-from .image_cache import Source, Transform, decoded, file_entries, fingerprint
+from .image_cache import Transform, decoded, file_entries, fingerprint
 from .registry import register
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -41,19 +41,36 @@ def is_image(p: Path) -> bool:
     return p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
 
 
+def _scan(folder: Path) -> tuple[list[str], list[str]]:
+    """Names of the image files and of the sub-folders directly in ``folder`` (not hidden), sorted.
+
+    ``os.scandir`` knows each entry's type from the directory itself: no ``stat`` per file."""
+    files, dirs = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():  # follows links, as torchvision's ImageFolder
+                dirs.append(e.name)
+            elif e.name.lower().endswith(SUFFIXES) and e.is_file():
+                files.append(e.name)
+    return sorted(files), sorted(dirs)
+
+
 def images_under(folder: Path) -> list[Path]:
     """Every image file below ``folder`` (following links, as torchvision's ImageFolder), sorted."""
-    out: list[Path] = []
+    out: list[str] = []
     for d, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        out += (Path(d) / f for f in files if is_image(Path(f)))
-    return sorted(out)
+        out += (os.path.join(d, f) for f in files if not f.startswith(".") and f.lower().endswith(SUFFIXES))
+    return [Path(p) for p in sorted(out)]
 
 
 def _folder_images(folder: Path, labels: bool) -> tuple[list[Path], list[str] | None]:
     """``folder``'s images and, with class sub-folders and ``labels``, each image's class name."""
-    top = sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
-    classes = {d.name: images_under(d) for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    names, subdirs = _scan(folder)
+    top = [folder / n for n in names]
+    classes = {d: images_under(folder / d) for d in subdirs}
     classes = {k: v for k, v in classes.items() if v}
     if not classes:
         return top, None
@@ -132,7 +149,7 @@ def image_folder(
     """Your folder of images (flat, class sub-folders, or train/valid/test folders) as 8-bit tensors."""
     folder = check_folder(path)
     t = Transform(size, crop, channels)
-    subdirs = {d.name: d for d in folder.iterdir() if d.is_dir()}
+    subdirs = {d: folder / d for d in _scan(folder)[1]}
     if "train" in subdirs:  # explicit splits
         valid_dirs = [subdirs[n] for n in _VALID_NAMES if n in subdirs]
         if "test" not in subdirs:
@@ -166,4 +183,4 @@ def image_folder(
                         cache=cache, cache_dir=cache_dir, workers=decode_workers)  # fmt: skip
 
 
-__all__ = ["SUFFIXES", "Source", "image_folder", "image_splits", "images_under"]
+__all__ = ["SUFFIXES", "ImageCrop", "image_folder", "image_splits", "images_under", "is_image", "seeded_test_split"]

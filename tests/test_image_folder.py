@@ -295,3 +295,18 @@ def test_resume_may_move_the_cache_and_evaluate_reads_the_same_data(tmp_path: Pa
     run = load_run(tmp_path / "run")
     assert torch.equal(run.data.x_test, res.data.x_test) and run.data.x_test.dtype == torch.uint8
     assert np.isfinite(evaluate(run.vae, run.data, "test", num_particles=2).elbo)
+
+
+def test_streamed_uint8_split_gives_the_in_memory_numbers(tmp_path: Path) -> None:
+    """The memory-mapped uint8 training split read through the DataLoader (data.stream: true) trains
+    exactly as the in-memory one: metrics and parameters bit for bit."""
+    folder = classes_folder(tmp_path / "imgs", per_class=6)
+    common = ["data.name=image_folder", f"data.path={folder}", "data.size=8", "model.network.hidden=[8]",
+              "model.likelihood.kind=discretized_logistic", "train.progress=false", "train.figures=false",
+              "train.eval_particles=2", "train.epochs=2", "train.batch_size=8", "data.workers=0"]  # fmt: skip
+    runs = [fit(overrides=[*common, f"data.stream={s}"], out=tmp_path / f"run-{s}") for s in ("false", "true")]
+    assert runs[1].data.stream and not runs[0].data.stream
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(runs[0].history) == strip(runs[1].history)
+    for (k, v), (_, w) in zip(runs[0].vae.state_dict().items(), runs[1].vae.state_dict().items()):
+        assert torch.equal(v, w), k
