@@ -209,7 +209,7 @@ def layout_problem(state: dict[str, Any]) -> str | None:
     epoch = state.get("epoch")
     model, rng, history = state.get("model"), state.get("rng"), state.get("history")
     checks = [
-        missing_or("epoch", _is_int(epoch) and epoch >= 0, "an integer >= 0"),
+        missing_or("epoch", isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0, "an integer >= 0"),
         missing_or("model", isinstance(model, dict) and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()), "a mapping of names to tensors"),
         missing_or("optimizer", isinstance(state.get("optimizer"), dict), "a mapping"),
@@ -241,3 +241,32 @@ def layout_problem(state: dict[str, Any]) -> str | None:
     if partial["epoch"] != epoch + 1:
         return f"entry 'partial.epoch' is {partial['epoch']} but a partial epoch follows epoch {epoch}"
     return None
+
+
+def load_model_state(module: torch.nn.Module, state: Any, where: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch raises :class:`RunError` naming the first
+    missing or unexpected key, or the first tensor whose shape differs, with both shapes."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise RunError(f"{where}: entry 'model' is not a mapping of tensors")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    more = lambda ks: f" (and {len(ks) - 1} more)" if len(ks) > 1 else ""
+    if missing:
+        k = missing[0]
+        raise RunError(
+            f"{where} lacks {k!r} (shape {tuple(own[k].shape)}) that the model of its config has{more(missing)}"
+        )
+    if unexpected:
+        k = unexpected[0]
+        shape = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
+        raise RunError(f"{where} holds {k!r} ({shape}) that the model of its config does not have{more(unexpected)}")
+    for k, v in own.items():
+        got = state[k]
+        if not isinstance(got, torch.Tensor) or got.shape != v.shape:
+            was = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise RunError(f"{where}: {k!r} has shape {was} but the model of its config needs {tuple(v.shape)}")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. a dtype that cannot be copied
+        raise RunError(f"{where}: {' '.join(str(e).split())[:200]}") from None

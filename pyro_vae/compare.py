@@ -100,6 +100,8 @@ def plan(
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
         raise SpecError(f"--estimators: {dupes[0]!r} is listed twice")
+    if "mlflow" in base["train"]["log_to"] and base["train"]["mlflow_uri"] is None:  # one MLflow store for all jobs
+        base = {**base, "train": {**base["train"], "mlflow_uri": (Path(out).resolve() / "mlruns").as_uri()}}
     jobs = []
     for item, lab in zip(estimators, labels):
         raw = parse_estimator(item)
@@ -122,6 +124,7 @@ def _test_subset(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = False) -> dict[str, Any]:
     """Train one job (an ordinary run directory) and evaluate it; returns a JSON-able record."""
+    from .trackers import Tracking
     from .train import fit
 
     curve: list[dict[str, float]] = []
@@ -145,7 +148,9 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
 
     stopped = False
     try:
-        done = fit(job.config, out=job.run_dir, force=force, callbacks={"on_epoch_end": [on_epoch_end]})
+        # train.log_to: one tracker run per job in the comparison's experiment, the estimator as a tag
+        tracking = Tracking(job.config["name"].removesuffix(f"-{_slug(job.label)}"), {"estimator": job.label, "seed": str(job.seed)})
+        done = fit(job.config, out=job.run_dir, force=force, callbacks={"on_epoch_end": [on_epoch_end]}, tracking=tracking)
         vae, data, history = done.vae, done.data, done.history
     except _BudgetReached:  # stopped after an epoch's checkpoint: evaluate what it saved
         stopped = True
@@ -334,7 +339,7 @@ def figures(
 
     if claim is None:
         out.mkdir(parents=True, exist_ok=True)
-        claim = lambda p: p  # noqa: E731
+        claim = lambda p: p
     paths = []
     curves = summary["curves"]
     has_ll = any("test_log_likelihood" in p for c in curves.values() for p in c)

@@ -857,7 +857,7 @@ def write_outputs(
     fig_dir = out / "figures"
     if claim is None:
         fig_dir.mkdir(parents=True, exist_ok=True)
-        claim = lambda p: p  # noqa: E731
+        claim = lambda p: p
     paths = {"json": out / "diagnostics.json", "netcdf": out / "posterior.nc"}
     x_nuts = None
     if d.nuts_points:

@@ -303,10 +303,10 @@ class RunDir:
     def __del__(self) -> None:
         self.release()
 
-    def __enter__(self) -> RunDir:
+    def __enter__(self) -> RunDir:  # noqa: PYI034 - RunDir is final
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     # -- writing -------------------------------------------------------------

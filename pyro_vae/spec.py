@@ -30,6 +30,7 @@ from ._typing import (
 )
 from .errors import PyroVAEError, SpecError, brief, cut, input_file
 from .registry import REGISTRY, Param, signature_params
+from .runlock import check_run_name
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class TrainConfig:
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
     progress: bool = True  # tqdm progress bar with the running loss; plain lines when stderr is not a terminal
     progress_seconds: PositiveFloat = 60.0  # plain lines: at most one per this many seconds inside an epoch
+    # experiment trackers (optional extras; pyro_vae/trackers.py): per-step objective, per-epoch metrics,
+    # figures and this spec, to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (mlflow_uri)
+    log_to: tuple[Literal["tensorboard", "mlflow"], ...] = ()
+    mlflow_uri: str | None = None  # MLflow tracking URI; null: a local file store, file:RUN_DIR/mlruns
     figures: bool = True  # write RUN_DIR/figures/*.png after training
     # KL weight per step = elbo.beta * factor (pyro_vae/schedules.py). constant: 1; linear: warm-up
     # 0 -> 1 over kl_steps steps (Bowman et al. 2016); cyclical: cycles of kl_steps steps, each ramping
@@ -464,7 +469,8 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise SpecError(f"{unknown[0]}: unknown top-level key; valid keys: {', '.join(_TOP)}")
     out: dict[str, Any] = {}
-    out["name"] = check_value("name", spec.get("name", DEFAULT_SPEC["name"]), str)
+    # the name becomes a file name (runs/NAME-TIMESTAMP): one plain path component
+    out["name"] = check_run_name(check_value("name", spec.get("name", DEFAULT_SPEC["name"]), str))
     # numpy (seeded by pyro.set_rng_seed) takes seeds below 2**32
     out["seed"] = check_value("seed", spec.get("seed", 0), typing.Annotated[int, Interval(0, 2**32 - 1)])
     for section in ("data", "model", "guide", "elbo"):
