@@ -20,16 +20,24 @@ import numpy as np
 import pyro
 import torch
 
-from . import checkpoint, fastpath, interrupt, nonfinite, progress, resources, runlock, streaming
+from . import checkpoint, fastpath, interrupt, nonfinite, progress, resources, runlock, streaming, trackers
 from . import data as data_mod
 from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 I/O (no-op in one process)
 from . import spec as spec_mod
 from .data import Dataset
-from .errors import RunError, SpecError
+from .errors import DataError, RunError, SpecError
 from .evaluate import ROW_BUDGET, Measure, PointTerms, point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
-from .rundir import RunPaths, check_data_agrees, data_fingerprint, pin_data_paths, read_metrics, resolve_device, trained_config
+from .rundir import (
+    RunPaths,
+    check_data_agrees,
+    data_fingerprint,
+    pin_data_paths,
+    read_metrics,
+    resolve_device,
+    trained_config,
+)
 from .schedules import kl_factor
 
 pyro.settings.set(module_local_params=True)
@@ -41,7 +49,8 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 #: train.* keys that may change when resuming; anything else would change the experiment.
-_RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps", "fast_path")
+_RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps",
+              "fast_path", "log_to", "mlflow_uri")  # fmt: skip
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
 #: data.* keys that may change when resuming: how the training split is read, not what it holds.
@@ -99,9 +108,15 @@ def _set_rng_state(state: Mapping[str, Any], gen: torch.Generator) -> None:
 
 
 def check_data(vae: VAE, ds: Dataset) -> None:
-    """Let the likelihood reject data it cannot score, before any training."""
+    """Let the likelihood reject data it cannot score, and a conditional model data without its
+    condition in some split, before any training."""
     for split in ("train", "valid", "test"):
         x = getattr(ds, f"x_{split}")
+        if getattr(vae, "conditional", False) and len(x) and getattr(ds, f"y_{split}") is None:
+            raise DataError(
+                f"{ds.name}: the model is conditioned on y, but the {split} split has no y_{split}; "
+                f"give y_{split} with the data, or train an unconditional model"
+            )
         if x.dtype == torch.uint8:  # x / 255: in [0, 1] on the 8-bit grid by construction; check shapes on a few
             x = data_mod.as_float(x[:256])
         if len(x):
@@ -143,12 +158,14 @@ def fit(
     resume: bool = False,
     force: bool = False,
     callbacks: Mapping[str, list[Callable[..., None]]] | None = None,
+    tracking: trackers.Tracking | None = None,
 ) -> FitResult:
     """Train a VAE described by ``spec`` (a YAML path, a spec dict, or None for the default).
 
     Writes the run directory (config.yaml, metrics.jsonl, checkpoint.pt, summary.json, figures/).
     ``resume=True`` continues ``out`` from its checkpoint; only ``train.epochs`` and display
-    settings may change. Callbacks: ``{"on_epoch_end": [fn(record, vae)]}``.
+    settings may change. Callbacks: ``{"on_epoch_end": [fn(record, vae)]}``. ``tracking``: the MLflow
+    experiment and tags of this run when ``train.log_to`` names trackers (pyro_vae/trackers.py).
     """
     hooks: defaultdict[str, list[Callable[..., None]]] = defaultdict(list, callbacks or {})
     dctx = dist_mod.context()  # rank/world size under torchrun; one process otherwise
@@ -171,6 +188,7 @@ def fit(
     if not resume:
         dctx.on_main(runlock.check_out_dir, paths.root if out is None else out)  # a file, a device, '' or too long: before any work
     tcfg = spec_mod.train_config(cfg)
+    trackers.check_available(tcfg.log_to)  # a missing optional extra: one line, before any work
     device = dctx.device(resolve_device(tcfg.device))
 
     pyro.set_rng_seed(cfg["seed"])
@@ -202,8 +220,8 @@ def fit(
     if resume and dctx.on_main(paths.checkpoint.is_file):
         state = dctx.on_main(checkpoint.load, paths.checkpoint, map_location="cpu" if dctx.is_distributed else device)
         dctx.on_main(check_data_agrees, state, ds, cfg, paths)
+        checkpoint.load_model_state(vae, state.get("model"), f"checkpoint {str(paths.checkpoint)!r}")
         try:
-            vae.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"], gen)
             history = list(state["history"])
@@ -234,6 +252,13 @@ def fit(
         steps_per_epoch=steps_per_epoch,
         enabled=tcfg.progress and dctx.is_main,
         interval=tcfg.progress_seconds,
+    )
+    first_step = start_epoch * steps_per_epoch + (int(partial["steps"]) if partial is not None else 0)
+    track = (  # TensorBoard / MLflow from rank 0 (pyro_vae/trackers.py)
+        trackers.open_trackers(tcfg.log_to, paths.root, cfg, mlflow_uri=tcfg.mlflow_uri, first_step=first_step,
+                               tracking=tracking)  # fmt: skip
+        if tcfg.log_to and dctx.is_main
+        else trackers.Trackers([])
     )
     bad_in_row = 0
     skipped = int(history[-1].get("skipped_steps", 0)) if history else 0
@@ -267,6 +292,7 @@ def fit(
                 skipped += 1
                 if bad_in_row >= tcfg.max_bad_steps:
                     bar.close()
+                    track.close("FAILED")
                     last = f"the last good checkpoint is in {str(paths.checkpoint)!r}"
                     raise NonFiniteLoss(
                         f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch} "
@@ -280,6 +306,8 @@ def fit(
             bad_in_row = 0
             total += loss * batch.size
             count += batch.size
+            if track.active:
+                track.step((epoch - 1) * steps_per_epoch + step, float(loss))
             bar.update(1)
             if bar.n % 20 == 0 and tcfg.progress:
                 bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
@@ -295,6 +323,7 @@ def fit(
                  "config": spec_mod.to_yaml(cfg), "data_fingerprint": fingerprint, "partial": part},
             )  # fmt: skip
             bar.close()
+            track.close("KILLED")
             raise interrupt.Interrupted(stop.signum, paths.root)
         seconds = time.perf_counter() - t0
         # train_objective: the estimator's loss at the scheduled KL weight, averaged over the steps taken
@@ -321,8 +350,13 @@ def fit(
         if nonfinite.best_epoch(history) is record:  # best held-out bound so far: best.pt, after checkpoint.pt
             dctx.on_main(checkpoint.save, paths.best, state)
         dctx.on_main(checkpoint.atomic_write_text, paths.metrics, "".join(json.dumps(r) + "\n" for r in history))
-        for fn in hooks["on_epoch_end"]:
-            fn(record, vae)
+        track.epoch(record)
+        try:
+            for fn in hooks["on_epoch_end"]:
+                fn(record, vae)
+        except BaseException:
+            track.close("KILLED")
+            raise
     bar.close()
     source.close()
     if not dctx.on_main(paths.checkpoint.is_file):  # epochs: 0 still leaves a loadable run
@@ -333,6 +367,7 @@ def fit(
              "history": history, "config": spec_mod.to_yaml(cfg), "data_fingerprint": fingerprint},
         )  # fmt: skip
     if stop.requested:  # a signal after the last epoch's checkpoint: resume only writes the summary
+        track.close("KILLED")
         raise interrupt.Interrupted(stop.signum or 0, paths.root)
     summary = dctx.on_main(_summary, vae, ds, history, tcfg)
     dctx.on_main(checkpoint.atomic_write_text, paths.summary, json.dumps(summary, indent=2) + "\n")
@@ -340,6 +375,7 @@ def fit(
         from .plots import run_figures
 
         dctx.on_main(run_figures, vae, ds, history, paths.figures, claim=runlock.RunDir(paths.root).claim)
+    track.finish(summary, paths.figures if tcfg.figures else None, summary["epochs"])
     return FitResult(vae, ds, cfg, paths.root, history, summary)
 
 
