@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ._typing import Shape, Tensor
-from .errors import DataError
+from .errors import DataError, brief, input_file
 from .registry import REGISTRY, register
 
 #: Seed for splits and static binarization that must not change with the run's seed.
@@ -138,7 +138,12 @@ def _check_values(name: str, x: Tensor, split: str) -> None:
 def _labels(name: str, y: Any, n: int, split: str) -> Tensor | None:
     if y is None:
         return None
-    y = torch.as_tensor(np.asarray(y))
+    arr = np.asarray(y)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:  # torch has few operations for uint16/32/64
+        if arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{name}: y_{split} holds labels up to {int(arr.max())}; labels must be 0..C-1")
+        arr = arr.astype(np.int64)
+    y = torch.as_tensor(arr)
     if y.shape[:1] != (n,):
         raise DataError(f"{name}: y_{split} has {y.shape[0] if y.ndim else 0} labels for {n} points")
     if y.dtype.is_floating_point:
@@ -150,6 +155,17 @@ def _labels(name: str, y: Any, n: int, split: str) -> Tensor | None:
     if (y < 0).any():
         raise DataError(f"{name}: y_{split} holds negative class labels (min {int(y.min())}); labels must be 0..C-1")
     return y.long()
+
+
+def _check_float32_range(a: np.ndarray, key: str) -> None:
+    """Finite values beyond float32's range would silently become inf when stored: say so."""
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        top = float(np.nanmax(np.abs(a), initial=0.0, where=np.isfinite(a)))
+        if top > float(np.finfo(np.float32).max):
+            raise DataError(
+                f"data.path: array {key!r} holds values up to {top:.3g}, beyond float32's range "
+                f"(+-{float(np.finfo(np.float32).max):.3g}); rescale the data"
+            )
 
 
 def points_from_array(a: np.ndarray, key: str) -> Tensor:
@@ -201,6 +217,12 @@ def _torchvision(cls_name: str, root: str | None, download: bool, files: tuple[s
                     raise
                 ds = cls(str(path), train=train, download=True)
         except Exception as e:  # noqa: BLE001  torchvision raises RuntimeError/URLError/OSError offline
+            raw = path / cls_name / "raw"
+            if all((raw / f).is_file() for f in files):  # all there, yet unreadable: not a download problem
+                raise DataError(
+                    f"{cls_name} files under {str(raw)!r} are corrupt or truncated ({type(e).__name__}: "
+                    f"{brief(' '.join(str(e).split()) or 'no details', 120)}); replace {', '.join(files)} with the original files"
+                ) from None
             raise DataError(
                 f"{cls_name} not found under {str(path / cls_name / 'raw')!r} and could not be downloaded "
                 f"({type(e).__name__}); put {', '.join(files)} there or set data.root / $PYRO_VAE_DATA"
@@ -228,9 +250,7 @@ def fashion_mnist(*, root: str | None = None, download: bool = True) -> Splits:
 @register("data", "npz")
 def npz(*, path: str) -> Splits:
     """Your arrays: x_train, x_test, optional x_valid, y_train, y_test, y_valid in one .npz file."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"data.path: file {str(p)!r} does not exist")
+    p = input_file(path, "data.path", DataError)  # a directory, FIFO or device is named, never opened
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -244,6 +264,9 @@ def npz(*, path: str) -> Splits:
             raise DataError(f"data.path: {str(p)!r} member {k!r} is not a NumPy array")
         if a.dtype.kind not in "biuf":
             raise DataError(f"data.path: array {k!r} has dtype {a.dtype}; expected numbers")
+        if k.startswith("x_") and a.ndim < 2:
+            raise DataError(f"data.path: array {k!r} has shape {a.shape}; points need shape (N, features...)")
+        _check_float32_range(a, k)
     get = lambda k: points_from_array(arrays[k], k) if k in arrays else None
     x_train, x_test = points_from_array(arrays["x_train"], "x_train"), points_from_array(arrays["x_test"], "x_test")
     return Splits(x_train, x_test, arrays.get("y_train"), arrays.get("y_test"), get("x_valid"), arrays.get("y_valid"))
