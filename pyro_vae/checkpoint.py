@@ -255,18 +255,18 @@ def load_model_state(module: torch.nn.Module, state: Any, where: str) -> None:
     if missing:
         k = missing[0]
         raise RunError(
-            f"{where} lacks {k!r} (shape {tuple(own[k].shape)}) that the model of its config has{more(missing)}"
+            f"{where} does not match its config: it lacks {k!r} (shape {tuple(own[k].shape)}){more(missing)}"
         )
     if unexpected:
         k = unexpected[0]
         shape = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
-        raise RunError(f"{where} holds {k!r} ({shape}) that the model of its config does not have{more(unexpected)}")
+        raise RunError(f"{where} does not match its config: it holds {k!r} ({shape}), which the model lacks{more(unexpected)}")
     for k, v in own.items():
         got = state[k]
         if not isinstance(got, torch.Tensor) or got.shape != v.shape:
             was = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise RunError(f"{where}: {k!r} has shape {was} but the model of its config needs {tuple(v.shape)}")
+            raise RunError(f"{where} does not match its config: {k!r} has shape {was}; the model needs {tuple(v.shape)}")
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as e:  # e.g. a dtype that cannot be copied
-        raise RunError(f"{where}: {' '.join(str(e).split())[:200]}") from None
+        raise RunError(f"{where} does not match its config: {' '.join(str(e).split())[:200]}") from None
