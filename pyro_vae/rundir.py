@@ -200,10 +200,7 @@ def load_run(run_dir: Path | str, device: str = "auto", which: str = "last") -> 
     ds = data_mod.load(cfg["data"], dev)
     check_data_agrees(state, ds, cfg, paths)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(dev)
-    try:
-        vae.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise RunError(f"checkpoint does not match config.yaml in {str(paths.root)!r}: {str(e).splitlines()[0]}") from None
+    checkpoint.load_model_state(vae, state.get("model"), f"checkpoint of {str(paths.root)!r}")  # names the first mismatch
     vae.eval()
     return LoadedRun(cfg, vae, ds, paths, int(state["epoch"]), ckpt)
 
