@@ -185,7 +185,7 @@ def hf(
                           extra=f"hf|{image_column}|{test_size}")  # fmt: skip
         names = [f"{name} row {i}" for _, (name, idx) in order for i in idx]
         arr = decoded(flat, t, key=key, label=f"hf-{p.name}", cache_dir=cache_dir, cache=cache,
-                      workers=decode_workers, name=lambda k: f"{where} {names[k]}")  # fmt: skip
+                      workers=decode_workers, name=lambda k: f"{names[k]} of {where}")  # fmt: skip
         x_all = torch.from_numpy(arr)
     elif any(v is not None for v in srcs.values()):
         raise DataError(f"data.image_column: {image_column!r} holds images in some splits and numbers in others")

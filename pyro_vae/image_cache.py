@@ -111,9 +111,10 @@ def _chunks(sources: Sequence[Source], t: Transform, size: int) -> Iterator[tupl
 
 
 def decode_all(
-    sources: Sequence[Source], t: Transform, out: np.ndarray, *, workers: int = 0, name: Callable[[int], str] = str
+    sources: Sequence[Source], t: Transform, out: np.ndarray, *, workers: int = 0, name: Callable[[int], str] = repr
 ) -> None:
-    """Decode every source into ``out[i]`` on ``workers`` processes (0: all cores); one DataError if any fails."""
+    """Decode every source into ``out[i]`` on ``workers`` processes (0: all cores); one DataError if any fails,
+    naming the first failure as ``name(index)``."""
     n = len(sources)
     procs = min(workers or available_cores(), max(1, n // 64))  # below ~64 images a pool costs more than it saves
     chunk = max(16, min(256, -(-n // (procs * 4)))) if procs > 1 else max(n, 1)
@@ -137,7 +138,7 @@ def decode_all(
         failed.sort()
         i, reason = failed[0]
         more = f"; {len(failed)} of {n:,} images are unreadable" if len(failed) > 1 else ""
-        raise DataError(f"cannot decode image {name(i)!r} ({reason}){more}; remove or replace it")
+        raise DataError(f"cannot decode image {name(i)} ({reason}){more}; remove or replace it")
 
 
 def fingerprint(entries: Sequence[tuple[str, int, int]], t: Transform, extra: str = "") -> str:
@@ -189,7 +190,7 @@ def decoded(
     cache_dir: str | None,
     cache: bool = True,
     workers: int = 0,
-    name: Callable[[int], str] = str,
+    name: Callable[[int], str] = repr,
 ) -> np.ndarray:
     """The ``(N, C, size, size)`` uint8 pixels of ``sources``: read from the cache, or decoded (and cached).
 

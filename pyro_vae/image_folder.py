@@ -105,7 +105,7 @@ def image_splits(
     key = fingerprint(file_entries(files, root), t, extra="image_folder")
     names = [str(p) for p in files]
     arr = decoded(names, t, key=key, label=label, cache_dir=cache_dir, cache=cache, workers=workers,
-                  name=names.__getitem__)  # fmt: skip
+                  name=lambda i: repr(names[i]))  # fmt: skip
     a, b = len(train), len(train) + len(valid)
     x = torch.from_numpy(arr)  # uint8, memory-mapped from the cache (copy-on-write, never written back)
     ys: list[torch.Tensor | None] = [None, None, None]

@@ -151,3 +151,12 @@ def test_trains_from_a_saved_dataset(tmp_path: Path, saved: Any) -> None:
         out=tmp_path / "run",
     )  # fmt: skip
     assert res.data.event_shape == (3, 8, 8) and np.isfinite(res.summary["test_elbo"])
+
+
+def test_an_undecodable_row_is_named(tmp_path: Path) -> None:
+    good = _images(3, 6)
+    rows = [{"bytes": b"not an image", "path": None}, *good]
+    feats = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": rows}, features=feats).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(DataError, match=r"cannot decode image all row 0 of '.*bad.parquet' \(UnidentifiedImageError"):
+        load(hf_cfg(tmp_path / "bad.parquet", tmp_path, test_size=1))
