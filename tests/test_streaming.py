@@ -228,3 +228,24 @@ def test_two_streaming_ranks_train_what_one_in_memory_process_trains(in_memory: 
     sb = checkpoint.load(in_memory / "checkpoint.pt")["model"]
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_an_image_folder_streams_its_uint8_cache_with_labels_as_in_memory(tmp_path: Path) -> None:
+    """8-bit images from the memory-mapped cache, labels for a CVAE: streamed equals in memory."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), "RGB").save(tmp_path / "imgs" / c / f"{i}.png")
+    sets = ["data.name=image_folder", f"data.path={tmp_path / 'imgs'}", "data.size=8", f"data.cache_dir={tmp_path / 'c'}",
+            "model.kind=cvae", "model.network.hidden=[16]", "model.likelihood.kind=discretized_logistic",
+            "train.epochs=2", "train.batch_size=7", "train.progress=false", "train.figures=false",
+            "train.eval_particles=2"]  # fmt: skip
+    mem = fit(overrides=sets, out=tmp_path / "mem")
+    streamed = fit(overrides=[*sets, "data.stream=true", "data.workers=1"], out=tmp_path / "s")
+    assert not mem.data.stream and streamed.data.stream
+    assert streamed.data.x_train.dtype == torch.uint8 and streamed.data.y_train is not None
+    _assert_identical(tmp_path / "mem", tmp_path / "s")
