@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from .errors import SpecError
+from .errors import PyroVAEError, RunError, SpecError
 
 #: The trackers ``train.log_to`` accepts, with the Python module each needs and the extra that installs it.
 TRACKERS: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
@@ -276,10 +276,18 @@ def open_trackers(
     check_available(names)
     tracking = tracking or Tracking()
     backends: list[Any] = []
-    if "tensorboard" in names:
-        backends.append(_TensorBoard(root, cfg, first_step, tracking.tags))
-    if "mlflow" in names:
-        backends.append(_MLflow(root, cfg, mlflow_uri, tracking))
+    try:
+        if "tensorboard" in names:
+            backends.append(_TensorBoard(root, cfg, first_step, tracking.tags))
+        if "mlflow" in names:
+            backends.append(_MLflow(root, cfg, mlflow_uri, tracking))
+    except PyroVAEError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an unreachable or unsupported store, an unwritable folder: one line
+        Trackers(backends).close("FAILED")
+        where = f"train.mlflow_uri {mlflow_uri!r}" if backends or "tensorboard" not in names else str(root / "tensorboard")
+        first = " ".join(str(e).split())[:300]
+        raise RunError(f"cannot open the experiment tracker at {where}: {type(e).__name__}: {first}") from None
     return Trackers(backends)
 
 

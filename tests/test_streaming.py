@@ -169,6 +169,12 @@ def test_resumed_epoch_skips_without_reading(workers: int) -> None:
         assert len(rows.read) == n - skip * bs
 
 
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_batches_for_cuda_come_in_pinned_memory(device: str, pinned: bool) -> None:
+    src = streaming.StreamingBatches(np.zeros((4, 2)), None, 2, _shard(0, 1), torch.device(device), workers=0)
+    assert src.loader is not None and src.loader.pin_memory is pinned
+
+
 def test_streamed_resume_inside_an_epoch_equals_the_uninterrupted_run(
     in_memory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

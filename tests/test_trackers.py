@@ -152,3 +152,12 @@ def test_a_missing_extra_is_one_line_naming_the_pip_install(
 def test_flatten_names_every_leaf_by_its_spec_path() -> None:
     flat = trackers.flatten({"a": 1, "b": {"c": [1, 2], "d": {"e": None, "f": "x"}}, "g": math.pi})
     assert flat == {"a": "1", "b.c": "[1, 2]", "b.d.e": "null", "b.d.f": "x", "g": repr(math.pi)}
+
+
+@needs_mlflow
+def test_an_unusable_mlflow_uri_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--out", str(tmp_path / "r"), "--set", "train.log_to=[mlflow]", "--set", "train.mlflow_uri=bogus://x",
+            "--set", "train.epochs=1", "--set", "data.limit=64", "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open the experiment tracker at train.mlflow_uri 'bogus://x'" in err
