@@ -76,6 +76,8 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
     objective = [r.get("train_objective", r.get("train_loss", math.nan)) for r in history]
     axes[0].plot(ep, objective, label="training objective (estimator loss)")
     bound = m.label("elbo")
+    if "train_elbo" in history[0]:  # beta = 1, a fixed subset of the training split
+        axes[0].plot(ep, [-r["train_elbo"] for r in history], label=f"train -[{bound}], 1 draw", alpha=0.8)
     if "test_elbo" in history[0]:
         axes[0].plot(ep, [-r["test_elbo"] for r in history], label=f"test -[{bound}], 1 draw")
     if "valid_elbo" in history[0]:

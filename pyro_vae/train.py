@@ -369,12 +369,20 @@ def fit(
     if stop.requested:  # a signal after the last epoch's checkpoint: resume only writes the summary
         track.close("KILLED")
         raise interrupt.Interrupted(stop.signum or 0, paths.root)
-    summary = dctx.on_main(_summary, vae, ds, history, tcfg)
-    dctx.on_main(checkpoint.atomic_write_text, paths.summary, json.dumps(summary, indent=2) + "\n")
-    if tcfg.figures:
-        from .plots import run_figures
+    # a signal now stops at once: every epoch is checkpointed; --resume only redoes what follows
+    again = f"{interrupt.resume_command(paths.root)} writes the rest"
+    try:
+        with interrupt.stage("the final evaluation", f"the checkpoint of epoch {len(history)} is kept; {again}"):
+            summary = dctx.on_main(_summary, vae, ds, history, tcfg)
+            dctx.on_main(checkpoint.atomic_write_text, paths.summary, json.dumps(summary, indent=2) + "\n")
+        if tcfg.figures:
+            from .plots import run_figures
 
-        dctx.on_main(run_figures, vae, ds, history, paths.figures, claim=runlock.RunDir(paths.root).claim)
+            with interrupt.stage("the figures", f"the checkpoint and summary.json are kept; {again}"):
+                dctx.on_main(run_figures, vae, ds, history, paths.figures, claim=runlock.RunDir(paths.root).claim)
+    except interrupt.Interrupted:
+        track.close("KILLED")
+        raise
     track.finish(summary, paths.figures if tcfg.figures else None, summary["epochs"])
     return FitResult(vae, ds, cfg, paths.root, history, summary)
 
@@ -406,25 +414,52 @@ def _sync_best(paths: RunPaths, history: list[dict[str, Any]]) -> None:
 
 @torch.no_grad()
 def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
-    """One-particle ELBO and its two terms on the test (and valid) split, for the curves."""
+    """One-particle ELBO and its two terms on the test (and valid) split, for the curves, and the
+    one-particle ELBO at beta = 1 of a fixed subset of the training split (``train_elbo``)."""
     out: dict[str, float] = {}
     for split in ("test", "valid"):
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
         if not len(x):
             continue
-        try:
-            t = point_terms(vae, x, y, num_particles=1, means=False)
-        except ValueError as e:  # parameters so large that a distribution gets NaN/inf arguments
-            if not nonfinite.is_invalid_values(e):
-                raise
-            nan = torch.full((len(x),), math.nan)
-            t = PointTerms(nan, nan, nan, nan, nan)
+        t = _one_draw(vae, x, y)
         out[f"{split}_elbo"] = float(t.elbo.mean())
         if split == "test":
             out["test_reconstruction"] = float(t.reconstruction.mean())
             out["test_kl"] = float(t.kl.mean())
+    if len(ds.x_train):
+        x, y = _train_rows(ds)
+        # its own seeded draws: the training's random stream (and so every other number) is unchanged
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.manual_seed(0)
+            out["train_elbo"] = float(_one_draw(vae, x, y).elbo.mean())
     vae.train()
     return out
+
+
+#: Training rows behind ``train_elbo`` in metrics.jsonl: the first rows of the training split.
+TRAIN_ELBO_ROWS = 2000
+
+
+def _train_rows(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first :data:`TRAIN_ELBO_ROWS` training points, as the model sees them; under dynamic
+    binarization one fixed binarization of them (the same every epoch)."""
+    m = min(len(ds.x_train), TRAIN_ELBO_ROWS)
+    x = data_mod.as_float(ds.x_train[:m]).to(ds.x_test.device)
+    y = None if ds.y_train is None else ds.y_train[:m].to(ds.x_test.device)
+    if ds.binarize == "dynamic":
+        x = data_mod.binarize(x.cpu(), torch.Generator().manual_seed(data_mod.SPLIT_SEED + 1)).to(x.device)
+    return x, y
+
+
+def _one_draw(vae: VAE, x: torch.Tensor, y: torch.Tensor | None) -> PointTerms:
+    """point_terms with one particle; NaN where parameters so large that a distribution gets NaN/inf arguments."""
+    try:
+        return point_terms(vae, x, y, num_particles=1, means=False)
+    except ValueError as e:
+        if not nonfinite.is_invalid_values(e):
+            raise
+        nan = torch.full((len(x),), math.nan)
+        return PointTerms(nan, nan, nan, nan, nan)
 
 
 def _summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: spec_mod.TrainConfig) -> dict[str, Any]:
