@@ -127,11 +127,13 @@ def check_config_agrees(on_disk: dict[str, Any], trained: dict[str, Any], paths:
 
 
 def pin_data_paths(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The spec with ``data.path`` and ``data.root`` made absolute (``data.root`` unset: the root in use
-    now, ``$PYRO_VAE_DATA`` or ``./data``), so that the run does not depend on the working directory."""
+    """The spec with ``data.path``, ``data.cache_dir`` and ``data.root`` made absolute (``data.root``
+    unset: the root in use now, ``$PYRO_VAE_DATA`` or ``./data``), so that the run does not depend on
+    the working directory."""
     data = dict(cfg["data"])
-    if isinstance(data.get("path"), str) and data["path"]:
-        data["path"] = os.path.abspath(os.path.expanduser(data["path"]))
+    for key in ("path", "cache_dir"):  # npz, image_folder, hf; a decoded-image cache
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = os.path.abspath(os.path.expanduser(data[key]))
     if "root" in data and (data["root"] is None or isinstance(data["root"], str)):
         data["root"] = os.path.abspath(data_mod.data_root(data["root"]))
     return {**cfg, "data": data}
