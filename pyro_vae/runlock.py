@@ -97,6 +97,14 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out", what: str =
             raise RunError(f"cannot create {what} {shown}: {str(a)!r} is {kind}, not a directory")
         if a != p and not os.access(a, os.W_OK | os.X_OK):
             raise RunError(f"cannot create {what} {shown}: {str(a)!r} is not writable")
+        try:
+            fs = os.statvfs(a)
+        except OSError:
+            break
+        if fs.f_flag & os.ST_RDONLY:
+            raise RunError(f"cannot create {what} {shown}: {str(a)!r} is on a read-only file system")
+        if fs.f_blocks == 0 and a != p:  # proc, sysfs and the like hold no files of ours (root bypasses access())
+            raise RunError(f"cannot create {what} {shown}: {str(a)!r} is on a file system that stores no files")
         break
     return p
 

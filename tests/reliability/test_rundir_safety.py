@@ -244,7 +244,7 @@ def _no_data_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "load", refuse)
 
 
-@pytest.mark.parametrize("case", ["empty", "file", "devnull", "under-file", "long-component", "long-path"])
+@pytest.mark.parametrize("case", ["empty", "file", "devnull", "under-file", "long-component", "long-path", "proc"])
 def test_bad_out_is_refused_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
@@ -258,6 +258,7 @@ def test_bad_out_is_refused_before_any_work(
         "under-file": str(tmp_path / "a_file" / "run"),
         "long-component": str(tmp_path / ("r" * 300)),
         "long-path": str(tmp_path / "/".join(["d" * 200] * 25)),
+        "proc": "/proc/nope/run",  # a file system that stores no files (root passes access() checks there)
     }[case]
     before = snapshot(tmp_path)
     _no_data_loading(monkeypatch)
