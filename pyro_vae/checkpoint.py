@@ -36,21 +36,22 @@ _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would h
 
 
 class _Writer:
-    """File wrapper that keeps the first OSError of a write (torch.save reports it as a vague
-    RuntimeError) and, under the :data:`SLOW_WRITE_ENV` test hook, sleeps in each write."""
+    """File wrapper that keeps the first exception of a write (torch.save reports a disk error, or the
+    exception a signal handler raised inside the write, as a vague RuntimeError) and, under the
+    :data:`SLOW_WRITE_ENV` test hook, sleeps in each write."""
 
     def __init__(self, f: Any, delay: float) -> None:
         self._f, self._delay = f, delay
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, b: Any) -> int:
         try:
             n = self._f.write(b)
-        except OSError as e:
+            if self._delay:
+                time.sleep(self._delay)
+        except BaseException as e:  # OSError, or a stop (SIGINT/SIGTERM) raised by pyro_vae.interrupt
             self.error = self.error or e
             raise
-        if self._delay:
-            time.sleep(self._delay)
         return n  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
@@ -81,7 +82,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
                 write(w)
             except Exception as e:
                 if w.error is not None and not isinstance(e, OSError):
-                    raise w.error from None  # the disk's reason, not the serializer's
+                    raise w.error from None  # the disk's reason (or the stop), not the serializer's
                 raise
             f.flush()
             os.fsync(f.fileno())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, runlock
+from . import checkpoint, interrupt, runlock
 from . import spec as spec_mod
 from .errors import SpecError
 from .evaluate import Measure, point_terms, summarize
@@ -465,21 +466,27 @@ def compare(
     force: bool = False,
     log: Any = None,
     workers: int = 1,
+    resume: bool = False,
 ) -> CompareResult:
     """Train every (estimator, seed), evaluate each with the same L_K, measure gradients, report.
 
     ``log``: a callable taking one line of progress (the CLI passes ``print``). ``workers`` > 1
     runs the jobs in that many processes (pyro_vae/parallel.py; a GPU each when there are several):
     the records come back in job order, so the report is the sequential one (timings aside).
+    Each finished job's record is kept in ``OUT/jobs/``; ``resume=True`` continues an interrupted
+    comparison in ``out``, reusing every job whose spec and options are unchanged and running the rest.
     """
+    if resume and force:
+        raise SpecError("--resume and --force: choose one (--resume keeps finished jobs, --force deletes them)")
     if out is None:
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = runlock.check_out_dir(out, what="output directory")  # a file, a device, '' or too long: before any work
     jobs = plan(spec, estimators, seeds, out, overrides, options)
     # locked while the comparison runs; --force deletes what an earlier comparison wrote there, nothing else
-    owner = runlock.open_writer(out, force=force, resume=False, command="compare")
+    owner = runlock.open_writer(out, force=force, resume=resume, command="compare")
     for job in jobs:
         owner.add_run(Path(job.run_dir).relative_to(out))
+    finished = _finished_jobs(out, jobs, options) if resume else {}
 
     def progress(i: int, job: Job, rec: dict[str, Any]) -> None:
         if log is not None:
@@ -496,13 +503,56 @@ def compare(
                 f"{rec['seconds_per_epoch']:.1f} s/epoch; test {m.label('elbo')} {_number(t, 'elbo'):.3f}{bound}"
             )
 
+    def keep(i: int, job: Job, rec: dict[str, Any]) -> None:  # as each job ends: --resume reuses it
+        owner.write_text(_job_record_path(job), json.dumps({"config": job.config, "options": asdict(options),
+                                                            "record": rec}) + "\n")  # fmt: skip
+        finished[jobs.index(job)] = rec
+        progress(jobs.index(job), job, rec)
+
     from .parallel import map_jobs
 
-    records = map_jobs(run_job, jobs, options, workers=workers, on_result=progress, force=force)
-    grads = measure_gradients(jobs[0], snr_estimators(jobs), options) if options.snr_particles else []
-    settings = report_settings(jobs, options, snr_job=jobs[0])
-    summary = write_report(out, records, settings, grads, claim=owner.claim)
+    todo = [j for i, j in enumerate(jobs) if i not in finished]
+    if log is not None and finished:
+        log(f"--resume: {len(finished)} of {len(jobs)} jobs already finished in {str(out)!r}; running {len(todo)}")
+    try:
+        # unfinished jobs of an interrupted comparison start over in their own (tool-made) run directories
+        map_jobs(run_job, todo, options, workers=workers, on_result=keep, force=force or resume)
+        records = [finished[i] for i in range(len(jobs))]
+        with interrupt.stage("the comparison's gradient statistics and report", _kept_jobs(out, len(jobs), len(jobs))):
+            grads = measure_gradients(jobs[0], snr_estimators(jobs), options) if options.snr_particles else []
+            settings = report_settings(jobs, options, snr_job=jobs[0])
+            summary = write_report(out, records, settings, grads, claim=owner.claim)
+    except interrupt.Interrupted as e:
+        name = signal.Signals(e.signum).name if e.signum else "a signal"
+        raise interrupt.Interrupted(
+            e.signum, message=f"stopped by {name} during the comparison; {_kept_jobs(out, len(finished), len(jobs))}"
+        ) from None
     return CompareResult(out, jobs, records, summary, grads)
+
+
+def _job_record_path(job: Job) -> str:
+    return f"jobs/{Path(job.run_dir).name}.json"
+
+
+def _kept_jobs(out: Path, done: int, total: int) -> str:
+    return (
+        f"{done} of {total} jobs finished and are kept in {str(out)!r}; the same command with --resume reuses them "
+        "and runs the rest"
+    )
+
+
+def _finished_jobs(out: Path, jobs: Sequence[Job], options: CompareOptions) -> dict[int, dict[str, Any]]:
+    """Records of jobs an earlier (interrupted) comparison in ``out`` finished with the same spec and options."""
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # tuples read back as lists
+    done: dict[int, dict[str, Any]] = {}
+    for i, job in enumerate(jobs):
+        try:
+            doc = json.loads((out / _job_record_path(job)).read_text())
+        except (OSError, ValueError):
+            continue  # never finished (or a torn file from an older version): run it
+        if isinstance(doc, dict) and same(doc.get("config"), job.config) and same(doc.get("options"), asdict(options)):
+            done[i] = doc["record"]
+    return done
 
 
 # --------------------------------------------------------------------------- command line
@@ -550,6 +600,7 @@ def _cmd_compare(a: Any) -> int:
         force=a.force,
         log=print,
         workers=a.workers,
+        resume=a.resume,
     )
     print((res.out / "compare.md").read_text(), end="")
     print(f"written: {res.out / 'compare.json'}, {res.out / 'compare.md'}, {res.out / 'figures'}")
@@ -599,6 +650,7 @@ def add_cli(sub: Any) -> None:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec value for every run")
     c.add_argument("--out", help="output directory (default runs/compare-TIMESTAMP)")
     c.add_argument("--force", action="store_true", help="overwrite existing run directories")
+    c.add_argument("--resume", action="store_true", help="continue an interrupted comparison in --out, reusing finished jobs")
     c.add_argument("--workers", type=int, default=1, help="run the jobs in N processes (default 1: sequential)")
     c.set_defaults(func=_cmd_compare)
 

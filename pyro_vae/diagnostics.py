@@ -894,10 +894,14 @@ def diagnose(
         owner, under = runlock.open_writer(out_dir, force=True, resume=False, command="diagnose"), Path()
     x, y = run.data.split(opts.split)
     d = run_diagnostics(run.vae, x, y, opts, log=log)
-    if under.as_posix() != ".":
-        owner.clear(under=under.as_posix())  # the previous diagnosis written there (stale pair plots too)
-    paths = write_outputs(d, out_dir, x, run.data.event_shape, run.vae, y, claim=owner.claim,
-                          extra={"checkpoint": {"file": run.paths.checkpoint.name, "epoch": run.epoch}})  # fmt: skip
+    from .interrupt import stage
+
+    kept = f"the files already written in {str(out_dir)!r} are whole (atomic writes); run diagnose again for all of them"
+    with stage("writing the diagnostics", kept):  # a signal while computing: nothing written (the CLI's stage)
+        if under.as_posix() != ".":
+            owner.clear(under=under.as_posix())  # the previous diagnosis written there (stale pair plots too)
+        paths = write_outputs(d, out_dir, x, run.data.event_shape, run.vae, y, claim=owner.claim,
+                              extra={"checkpoint": {"file": run.paths.checkpoint.name, "epoch": run.epoch}})  # fmt: skip
     return d, paths
 
 

@@ -1,23 +1,33 @@
-"""Graceful stop on SIGINT / SIGTERM: finish the current step, checkpoint it, say how to resume.
+"""SIGINT / SIGTERM at every stage: stop soon, keep what is whole, say what was kept and how to continue.
 
-While :func:`pyro_vae.fit` runs (it is wrapped by :func:`handle_signals`), the first SIGINT or SIGTERM
-only sets a flag. The training loop iterates its batches through :meth:`Stop.batches`, which ends the
-epoch early once the flag is set; the loop then writes a checkpoint that records how many steps of
-the epoch were done, the running loss and the data-order generator's state at the epoch start, and
-raises :class:`Interrupted` (the CLI exits with 128 + signal number: 130 for SIGINT, 143 for SIGTERM).
-``--resume`` replays the same permutation, skips the steps already done and continues bit for bit.
-A second signal aborts at once (KeyboardInterrupt / exit 128 + signal); the checkpoint on disk is then
-the last one written, which atomic writes keep whole.
+Two kinds of work are guarded, and the innermost guard decides what a first signal does:
+
+- **Training** (:func:`handle_signals`, around :func:`pyro_vae.fit`): the first signal only sets a
+  flag. The training loop iterates its batches through :meth:`Stop.batches`, which ends the epoch
+  early once the flag is set; the loop then writes a checkpoint that records how many steps of the
+  epoch were done, the running loss and the data-order generator's state at the epoch start, and
+  raises :class:`Interrupted`. ``--resume`` replays the same permutation, skips the steps already
+  done and continues bit for bit.
+- **A stage** (:func:`stage`: the final evaluation, figures, ``evaluate``, ``diagnose``, ``compare``,
+  ...): nothing is worth finishing, so the first signal raises :class:`Interrupted` at once (between
+  two Python bytecodes, so within the current tensor operation), naming the stage and what was kept.
+
+The CLI exits with 128 + signal number (130 for SIGINT, 143 for SIGTERM) and prints the message.
+A second signal exits at once, with one line saying so (KeyboardInterrupt for SIGINT, SystemExit
+143 for SIGTERM); files are written atomically, so the last whole ones are what is kept.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +35,7 @@ import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Signals that request a graceful stop.
+#: Signals that request a stop.
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -34,16 +44,22 @@ def resume_command(run_dir: Path | str) -> str:
     return f"pyro-vae train --resume --out {shlex.quote(str(run_dir))}"
 
 
-class Interrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; ``exit_code`` is 128 + signal number."""
+class Interrupted(BaseException):
+    """Work stopped on a signal; ``exit_code`` is 128 + signal number.
 
-    def __init__(self, signum: int, run_dir: Path | str) -> None:
+    A :class:`BaseException` (like :class:`KeyboardInterrupt`), so that code catching ``Exception``
+    to report a bad file or a failed download never mistakes a stop for an error.
+    """
+
+    def __init__(self, signum: int, run_dir: Path | str | None = None, message: str | None = None) -> None:
         self.signum = int(signum)
         self.exit_code = 128 + self.signum
-        self.run_dir = Path(run_dir)
-        self.command = resume_command(run_dir)
-        name = signal.Signals(self.signum).name
-        super().__init__(f"stopped by {name}; checkpoint saved in {str(run_dir)!r}; resume with: {self.command}")
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.command = "" if run_dir is None else resume_command(run_dir)
+        name = signal.Signals(self.signum).name if self.signum else "a signal"
+        if message is None:
+            message = f"stopped by {name}; checkpoint saved in {str(run_dir)!r}; resume with: {self.command}"
+        super().__init__(message)
 
 
 class Stop:
@@ -77,36 +93,91 @@ class Stop:
             self.steps = i + 1
 
 
-def _install(stop: Stop) -> dict[int, Any] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None  # signal handlers can only be set from the main thread
+@dataclass
+class Stage:
+    """A long piece of work that a signal stops at once: what it is, and what stays if it stops."""
 
-    def handler(signum: int, frame: Any) -> None:
-        if stop.requested:  # second signal: stop now
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
-        stop.request(signum)
+    what: str  # "the final evaluation", "evaluate"
+    kept: str  # "nothing was written; eval.json is unchanged"
+
+
+_frames: list[Stop | Stage] = []  # innermost last; the innermost decides what a signal does
+_received: list[int] = []  # signals received since the outermost guard was entered
+_saved_handlers: dict[Any, Any] = {}
+_exit_at_once = False
+
+
+def exit_at_once_on_second_signal(flag: bool = True) -> None:
+    """A second signal ends the process with ``os._exit`` (the ``pyro-vae`` command) instead of raising
+    KeyboardInterrupt / SystemExit (a library call: the caller decides). Whole files stay whole either
+    way (atomic writes); a killed write's temp file is removed by the next run in that directory."""
+    global _exit_at_once
+    _exit_at_once = flag
+
+
+def _handler(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
+    top = _frames[-1] if _frames else None
+    if _received:  # a second signal: leave now, with a word
+        kept = top.kept if isinstance(top, Stage) else "files are written atomically: the last whole ones are kept"
+        print(f"\npyro-vae: second {name}: exiting at once; {kept}", file=sys.stderr, flush=True)
+        if _exit_at_once:  # the command line: no interpreter teardown (seconds with torch loaded)
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        if signum == signal.SIGINT:
+            e = KeyboardInterrupt()
+            e.announced = True  # type: ignore[attr-defined]  # the CLI prints no second line
+            raise e
+        raise SystemExit(128 + signum)
+    _received.append(signum)
+    if isinstance(top, Stop):
+        top.request(signum)
         print(
-            f"\npyro-vae: {signal.Signals(signum).name} received: finishing the current step and saving a "
-            "checkpoint (send it again to abort at once)",
+            f"\npyro-vae: {name} received: finishing the current step and saving a checkpoint "
+            "(send it again to exit at once)",
             file=sys.stderr,
             flush=True,
         )
-
-    old: dict[int, Any] = {}
-    for s in SIGNALS:
-        old[s] = signal.getsignal(s)
-        signal.signal(s, handler)
-    return old
+    elif isinstance(top, Stage):
+        raise Interrupted(signum, message=f"stopped by {name} during {top.what}; {top.kept}")
 
 
-_current: list[Stop] = []
+@contextmanager
+def _guard(frame: Stop | Stage) -> Iterator[None]:
+    """Push ``frame``; the outermost guard installs the handler and restores the old ones after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    outermost = not _frames
+    if outermost:
+        _received.clear()
+        for s in SIGNALS:
+            _saved_handlers[s] = signal.getsignal(s)
+            signal.signal(s, _handler)
+    _frames.append(frame)
+    try:
+        yield
+    finally:
+        _frames.remove(frame)
+        if outermost:
+            for s, h in _saved_handlers.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+            _saved_handlers.clear()
+            _received.clear()
+
+
+@contextmanager
+def stage(what: str, kept: str) -> Iterator[None]:
+    """While inside, the first SIGINT/SIGTERM raises :class:`Interrupted` at once:
+    ``"stopped by SIGTERM during {what}; {kept}"``."""
+    with _guard(Stage(what, kept)):
+        yield
 
 
 def current() -> Stop:
     """The stop flag of the innermost running :func:`handle_signals` call (a never-set one outside)."""
-    return _current[-1] if _current else Stop()
+    stops = [f for f in _frames if isinstance(f, Stop)]
+    return stops[-1] if stops else Stop()
 
 
 def handle_signals(fn: F) -> F:
@@ -114,18 +185,19 @@ def handle_signals(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        stop = Stop()
-        old = _install(stop)
-        _current.append(stop)
-        try:
+        with _guard(Stop()):
             return fn(*args, **kwargs)
-        finally:
-            _current.remove(stop)
-            if old is not None:
-                for s, h in old.items():
-                    signal.signal(s, h if h is not None else signal.SIG_DFL)
 
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["Interrupted", "Stop", "current", "handle_signals", "resume_command"]
+__all__ = [
+    "Interrupted",
+    "Stage",
+    "Stop",
+    "current",
+    "exit_at_once_on_second_signal",
+    "handle_signals",
+    "resume_command",
+    "stage",
+]

@@ -86,9 +86,11 @@ def map_jobs(
                 results[i] = res
                 if on_result is not None:
                     on_result(i, jobs[i], res)
-        except BaseException:
+        except BaseException:  # a job's error, or a stop (SIGINT/SIGTERM): end the running jobs now
             for f in futures:
                 f.cancel()
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()  # their run directories keep their last whole checkpoint (atomic writes)
             raise
     return [results[i] for i in range(len(jobs))]
 
