@@ -149,6 +149,10 @@ class _MLflow:
         self.store = Path(unquote(urlparse(uri).path))
         self.local = uri.startswith("file:")
         self.root = root
+        if self.local and not (self.store / ".trash").is_dir():  # new, or removed by --force since MLflow
+            from mlflow.store.tracking.file_store import FileStore  # cached its store for this URI: lay it out
+
+            FileStore(uri)
         self.client = MlflowClient(tracking_uri=uri)
         name = tracking.experiment or str(cfg["name"])
         exp = self.client.get_experiment_by_name(name)
@@ -202,9 +206,13 @@ class _MLflow:
             self.client.log_artifacts(self.run_id, str(folder), "figures")
 
     def _record(self) -> None:
-        """Files of a store inside the run directory go into its manifest (``--force`` removes them)."""
-        if self.local and self.store.resolve().is_relative_to(self.root.resolve()) and self.store.is_dir():
-            _record_written(self.root, self.store.rglob("*"))  # files and folders (an empty .trash too)
+        """A local store's files go into the manifest of the run directory holding it, or of the tool's
+        directory right above it (a comparison's ``OUT/mlruns``), so ``--force`` removes them."""
+        if not (self.local and self.store.is_dir()):
+            return
+        store, root = self.store.resolve(), self.root.resolve()
+        owner = root if store.is_relative_to(root) else store.parent
+        _record_written(owner, self.store.rglob("*"))  # files and folders (an empty .trash too)
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

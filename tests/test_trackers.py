@@ -14,7 +14,7 @@ import yaml
 
 from pyro_vae import trackers
 from pyro_vae.cli import main
-from pyro_vae.compare import CompareOptions, plan, run_job
+from pyro_vae.compare import CompareOptions, compare, plan, run_job
 from pyro_vae.errors import SpecError
 from pyro_vae.train import fit
 
@@ -120,9 +120,8 @@ def test_mlflow_file_store_holds_the_run_and_a_resume_continues_it(tmp_path: Pat
 def test_compare_logs_one_mlflow_run_per_job_tagged_with_its_estimator(tmp_path: Path) -> None:
     tiny = [*RUN, "train.epochs=1", "train.figures=false", "train.log_to=[mlflow]"]
     jobs = plan(None, ["trace", "iwae:num_particles=2"], out=tmp_path, overrides=tiny)
-    opts = CompareOptions(eval_particles=2, eval_points=10, curve_particles=0, snr_particles=())
     for job in jobs:
-        run_job(job, opts)
+        run_job(job, CompareOptions(eval_particles=2, eval_points=10, curve_particles=0, snr_particles=()))
     client = _client(tmp_path / "mlruns")
     (exp,) = [e for e in client.search_experiments() if e.name != "Default"]
     assert exp.name == "digits-vae"
@@ -133,6 +132,21 @@ def test_compare_logs_one_mlflow_run_per_job_tagged_with_its_estimator(tmp_path:
         r = by_label[job.label]
         assert r.data.params["elbo.kind"] == job.config["elbo"]["kind"] and r.data.tags["seed"] == "0"
         assert r.data.metrics["test_elbo"] == _metrics(Path(job.run_dir))[-1]["test_elbo"]
+
+
+@needs_mlflow
+@pytest.mark.slow
+def test_compare_force_removes_the_earlier_comparisons_mlflow_runs(tmp_path: Path) -> None:
+    tiny = [*RUN, "train.epochs=1", "train.figures=false", "train.log_to=[mlflow]"]
+    opts = CompareOptions(eval_particles=2, eval_points=10, curve_particles=0, snr_particles=())
+    out = tmp_path / "cmp"
+    for force in (False, True):
+        compare(None, ["trace", "iwae:num_particles=2"], out=out, overrides=tiny, options=opts, force=force)
+    manifest = json.loads((out / ".pyro-vae-manifest.json").read_text())
+    assert any(f.startswith("mlruns/") and f.endswith("/meta.yaml") for f in manifest["files"])
+    client = _client(out / "mlruns")
+    (exp,) = [e for e in client.search_experiments() if e.name != "Default"]
+    assert len(client.search_runs([exp.experiment_id])) == 2  # not 4
 
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
