@@ -16,13 +16,14 @@ batch, so the 8-bit likelihoods apply; all 202,599 faces at 64x64 take 2.5 GB (1
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from ._typing import NonNegativeInt, PositiveInt
 from .data import Splits, data_root
 from .errors import DataError
 from .image_cache import Transform
-from .image_folder import image_splits, is_image, seeded_test_split
+from .image_folder import image_splits, scan, seeded_test_split
 from .registry import register
 
 
@@ -61,7 +62,7 @@ def celeba(
 
         with contextlib.suppress(Exception):  # offline, Google Drive quota: the error below names the folder
             torchvision.datasets.CelebA(str(data_root(root)), split="all", target_type=[], download=True)
-    files = sorted(p for p in images.iterdir() if p.is_file() and is_image(p)) if images.is_dir() else []
+    files = scan(images)[0] if images.is_dir() else []  # file names, sorted
     if not files:
         raise DataError(
             f"celeba: no images under {str(images)!r}; put img_align_celeba/*.jpg (and optionally "
@@ -72,16 +73,16 @@ def celeba(
         if len(files) < 2:
             raise DataError(f"celeba: need training and test images under {str(images)!r}; found {len(files)} in all")
         _, test_i = seeded_test_split(len(files), max(1, len(files) // 10), "images")
-        test_names = {files[i].name for i in test_i}
-        split_of = {p.name: (2 if p.name in test_names else 0) for p in files}
+        test_names = {files[i] for i in test_i}
+        split_of = {p: (2 if p in test_names else 0) for p in files}
     else:
-        missing = [p.name for p in files if p.name not in part]
+        missing = [p for p in files if p not in part]
         if missing:
             raise DataError(f"celeba: {missing[0]!r} is not listed in list_eval_partition.txt ({len(missing)} images)")
         split_of = part
-    by_split: dict[int, list[Path]] = {0: [], 1: [], 2: []}
+    by_split: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for p in files:
-        by_split[split_of[p.name]].append(p)
+        by_split[split_of[p]].append(os.path.join(images, p))
     if max_images:
         caps = {0: max_images, 1: max(1, max_images // 10), 2: max(1, max_images // 10)}
         by_split = {s: v[: caps[s]] for s, v in by_split.items()}

@@ -180,7 +180,7 @@ def hf(
     if all(v is not None for v in srcs.values()):
         t = Transform(size, crop, channels)
         flat: list[str | bytes] = [srcs[name][i] for _, (name, idx) in order for i in idx]  # type: ignore[index]
-        data_files = [f for f in sorted(p.rglob("*")) if f.is_file()] if p.is_dir() else [p]
+        data_files = [str(f) for f in sorted(p.rglob("*")) if f.is_file()] if p.is_dir() else [str(p)]
         key = fingerprint(file_entries(data_files, p if p.is_dir() else p.parent), t,
                           extra=f"hf|{image_column}|{test_size}")  # fmt: skip
         names = [f"{name} row {i}" for _, (name, idx) in order for i in idx]

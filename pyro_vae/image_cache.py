@@ -149,12 +149,11 @@ def fingerprint(entries: Sequence[tuple[str, int, int]], t: Transform, extra: st
     return h.hexdigest()
 
 
-def file_entries(paths: Sequence[Path], root: Path) -> list[tuple[str, int, int]]:
+def file_entries(paths: Sequence[str], root: Path | str) -> list[tuple[str, int, int]]:
     """``(path relative to root, size, mtime_ns)`` for each file: the cache key of a folder of images."""
     prefix = len(str(root).rstrip(os.sep)) + 1
     out = []
-    for p in paths:
-        name = str(p)
+    for name in paths:
         st = os.stat(name)
         out.append((name[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
     return out

@@ -37,11 +37,7 @@ _VALID_NAMES = ("valid", "val", "validation")
 ImageCrop = Literal["center", "none"] | PositiveInt
 
 
-def is_image(p: Path) -> bool:
-    return p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
-
-
-def _scan(folder: Path) -> tuple[list[str], list[str]]:
+def scan(folder: Path | str) -> tuple[list[str], list[str]]:
     """Names of the image files and of the sub-folders directly in ``folder`` (not hidden), sorted.
 
     ``os.scandir`` knows each entry's type from the directory itself: no ``stat`` per file."""
@@ -57,33 +53,35 @@ def _scan(folder: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(dirs)
 
 
-def images_under(folder: Path) -> list[Path]:
-    """Every image file below ``folder`` (following links, as torchvision's ImageFolder), sorted."""
+def images_under(folder: Path | str) -> list[str]:
+    """Every image file below ``folder`` (following links, as torchvision's ImageFolder), sorted.
+
+    Paths are strings: building 200,000 ``pathlib.Path`` objects would take seconds."""
     out: list[str] = []
     for d, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
         out += (os.path.join(d, f) for f in files if not f.startswith(".") and f.lower().endswith(SUFFIXES))
-    return [Path(p) for p in sorted(out)]
+    return sorted(out)
 
 
-def _folder_images(folder: Path, labels: bool) -> tuple[list[Path], list[str] | None]:
+def _folder_images(folder: Path, labels: bool) -> tuple[list[str], list[str] | None]:
     """``folder``'s images and, with class sub-folders and ``labels``, each image's class name."""
-    names, subdirs = _scan(folder)
-    top = [folder / n for n in names]
-    classes = {d: images_under(folder / d) for d in subdirs}
+    names, subdirs = scan(folder)
+    top = [os.path.join(folder, n) for n in names]
+    classes = {d: images_under(os.path.join(folder, d)) for d in subdirs}
     classes = {k: v for k, v in classes.items() if v}
     if not classes:
         return top, None
     if top:
         raise DataError(
             f"image_folder: {str(folder)!r} holds {len(top)} images beside {len(classes)} class folders "
-            f"(e.g. {top[0].name!r}); move them into a class folder or remove them"
+            f"(e.g. {os.path.basename(top[0])!r}); move them into a class folder or remove them"
         )
     files = [p for v in classes.values() for p in v]
     return files, ([k for k, v in classes.items() for _ in v] if labels else None)
 
 
-def _shuffled(files: list[Path], names: list[str] | None, salt: int) -> tuple[list[Path], list[str] | None]:
+def _shuffled(files: list[str], names: list[str] | None, salt: int) -> tuple[list[str], list[str] | None]:
     perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(SPLIT_SEED + salt)).tolist()
     return [files[i] for i in perm], (None if names is None else [names[i] for i in perm])
 
@@ -91,7 +89,7 @@ def _shuffled(files: list[Path], names: list[str] | None, salt: int) -> tuple[li
 def image_splits(
     label: str,
     root: Path,
-    split_files: Sequence[Sequence[Path]],
+    split_files: Sequence[Sequence[str]],
     split_labels: Sequence[Sequence[int] | None] | None,
     t: Transform,
     *,
@@ -101,9 +99,8 @@ def image_splits(
 ) -> Splits:
     """Decode (or read from the cache) the train, valid and test files; an empty valid means none."""
     train, valid, test = split_files
-    files = [*train, *valid, *test]
-    key = fingerprint(file_entries(files, root), t, extra="image_folder")
-    names = [str(p) for p in files]
+    names = [*train, *valid, *test]
+    key = fingerprint(file_entries(names, root), t, extra="image_folder")
     arr = decoded(names, t, key=key, label=label, cache_dir=cache_dir, cache=cache, workers=workers,
                   name=lambda i: repr(names[i]))  # fmt: skip
     a, b = len(train), len(train) + len(valid)
@@ -149,7 +146,7 @@ def image_folder(
     """Your folder of images (flat, class sub-folders, or train/valid/test folders) as 8-bit tensors."""
     folder = check_folder(path)
     t = Transform(size, crop, channels)
-    subdirs = {d: folder / d for d in _scan(folder)[1]}
+    subdirs = {d: folder / d for d in scan(folder)[1]}
     if "train" in subdirs:  # explicit splits
         valid_dirs = [subdirs[n] for n in _VALID_NAMES if n in subdirs]
         if "test" not in subdirs:
@@ -183,4 +180,4 @@ def image_folder(
                         cache=cache, cache_dir=cache_dir, workers=decode_workers)  # fmt: skip
 
 
-__all__ = ["SUFFIXES", "ImageCrop", "image_folder", "image_splits", "images_under", "is_image", "seeded_test_split"]
+__all__ = ["SUFFIXES", "ImageCrop", "image_folder", "image_splits", "images_under", "scan", "seeded_test_split"]
