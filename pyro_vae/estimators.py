@@ -17,7 +17,8 @@ Conventions (the same for every estimator, so that they compare on equal footing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -206,14 +207,86 @@ def renyi(*, alpha: float = 0.5, num_particles: PositiveInt = 5) -> ELBO:
 # reported value is the bound itself even where the gradient comes from a surrogate.
 
 
+@contextmanager
+def _detached_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block every parameter of ``module`` is its detached value (same numbers, no gradient)."""
+    saved = [
+        (owner, name, p) for owner in module.modules() for name, p in owner._parameters.items() if p is not None
+    ]
+    try:
+        for owner, name, p in saved:
+            owner._parameters[name] = p.detach()  # type: ignore[assignment]
+        yield
+    finally:
+        for owner, name, p in saved:
+            owner._parameters[name] = p
+
+
+class _ScoredDetached(TorchDistribution):
+    """``base`` whose ``log_prob`` (and sampling) runs with ``module``'s parameters detached.
+
+    A distribution may call its module's networks lazily: a ``TransformedDistribution`` with
+    conditional autoregressive transforms (an IAF guide, a flow prior) evaluates them only when Pyro
+    scores the trace, after the program has returned. Holding the module here keeps every such
+    call detached, whenever it happens.
+    """
+
+    arg_constraints: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, base: Any, module: torch.nn.Module) -> None:
+        self.base = base
+        self.module = module
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return bool(self.base.has_rsample)
+
+    @property
+    def support(self) -> Any:  # type: ignore[override]
+        return self.base.support
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> _ScoredDetached:
+        return _ScoredDetached(self.base.expand(batch_shape), self.module)
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        with _detached_parameters(self.module):
+            return self.base.sample(torch.Size(sample_shape))
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        with _detached_parameters(self.module):
+            return self.base.rsample(torch.Size(sample_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        with _detached_parameters(self.module):
+            return self.base.log_prob(value)
+
+
+class _Detach(Messenger):
+    """Every sample site of the enclosed program scores (and samples) with ``module``'s parameters detached."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def _process_message(self, msg: Any) -> None:
+        if msg["type"] == "sample" and not site_is_subsample(msg) and not isinstance(msg["fn"], _ScoredDetached):
+            msg["fn"] = _ScoredDetached(msg["fn"], self.module)
+
+
 def _frozen(module: Callable[..., Any]) -> Callable[..., Any]:
-    """``module`` run with its parameters detached: same values, no gradient to them."""
+    """``module`` run with its parameters detached: same values, no gradient to them.
+
+    The parameters are detached while the program runs and again whenever Pyro later scores or
+    samples one of its sites (:class:`_ScoredDetached`), so a log-density computed lazily (a flow's
+    ``TransformedDistribution``) is a function of the draws only, never of the live parameters.
+    """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"{module!r} must be an nn.Module to freeze its parameters (pyro_vae models and guides are)")
-    params = {name: p.detach() for name, p in module.named_parameters()}
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        return torch.func.functional_call(module, params, args, kwargs, strict=False)
+        with _Detach(module), _detached_parameters(module):
+            return module(*args, **kwargs)
 
     return run
 
@@ -239,11 +312,13 @@ class StoppedTerms:
 
     ``roots[name] = (z, scale)``: the latent draw through which every pathwise gradient reaches the
     guide (a copy of the reparameterized sample, so a gradient hook on it affects nothing else) and
-    the site's ``poutine.scale`` (beta).
+    the site's ``poutine.scale`` (beta). ``stopped`` is False when the KL weight was below 1 and
+    log q was scored at the live parameters instead (see :func:`stopped_log_terms`).
     """
 
     terms: LogTerms
     roots: dict[str, tuple[Tensor, Any]]
+    stopped: bool = True
 
 
 def stopped_log_terms(
@@ -252,12 +327,22 @@ def stopped_log_terms(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     num_particles: int,
+    *,
+    below_one: Literal["live", "stopped"] = "stopped",
 ) -> StoppedTerms:
     """K reparameterized draws z ~ q(z|x) and log-weights with the score term stopped.
 
     log w_k = log p(x, z_k) - log q_{stop(phi)}(z_k|x): the value is the usual log-weight, but the
     guide parameters phi get gradient only through z_k (the "path derivative" of Roeder et al. 2017
     and Tucker et al. 2018). Needs a reparameterized guide whose ``log_prob`` can score a given z.
+
+    ``below_one="live"``: when a latent site's KL weight (its ``poutine.scale``, beta times a KL
+    schedule's factor) is below 1, log q is scored at the live parameters on the same draws
+    instead, so the guide gets the plain reparameterized gradient of the same weighted bound
+    (``stopped`` is then False). Without the score term, the pathwise gradient of -beta log q has
+    variance of order beta / sigma; with beta near 0 nothing keeps q's scale sigma from collapsing,
+    and once beta grows the guide gradient explodes. The full reparameterized gradient of
+    log q(z(eps)) does not depend on eps for a Gaussian, so it stays finite.
     """
     dim = -MAX_PLATE_NESTING - 1
     live = poutine.trace(_vectorized(guide, num_particles, dim)).get_trace(*args, **kwargs)
@@ -268,6 +353,10 @@ def stopped_log_terms(
                 f"latent site {name!r} is not reparameterized ({type(site['fn']).__name__}); "
                 "dreg, stl and piwae need a guide with rsample; use elbo.kind: score_function instead"
             )
+    if below_one == "live" and any(float(site["scale"]) < 1.0 for _, site in sites):
+        replay = _replay_trace({n: s["value"] for n, s in sites}, sites)
+        terms = log_terms(model, poutine.replay(guide, trace=replay), args, kwargs, num_particles)
+        return StoppedTerms(terms, {n: (s["value"], s["scale"]) for n, s in sites}, stopped=False)
     roots = {name: (site["value"].clone(), site["scale"]) for name, site in sites}
     replay = _replay_trace({n: z for n, (z, _) in roots.items()}, sites)
     terms = log_terms(model, poutine.replay(_frozen(guide), trace=replay), args, kwargs, num_particles)
@@ -285,7 +374,8 @@ class DReG_ELBO(LogWeightELBO):
     """Doubly reparameterized gradients of the IWAE bound (Tucker, Lawson, Gu & Maddison 2018).
 
     Value: L_K, the same bound as :class:`IWAE_ELBO`. Gradients: the model (decoder, prior) gets the
-    IWAE gradient sum_k w~_k grad log w_k; the guide gets
+    IWAE gradient sum_k w~_k grad log w_k. While the KL weight beta (``elbo.beta`` times the KL
+    schedule's factor) is at least 1, the guide gets
 
         sum_k [(1 - beta) w~_k + beta w~_k^2] d log w_k / d z_k  d z_k / d phi
 
@@ -293,30 +383,37 @@ class DReG_ELBO(LogWeightELBO):
     Tucker et al.'s w~^2 estimator; the (1 - beta) w~ part makes it unbiased for the beta-weighted
     bound too (the score term it removes is scaled by beta). Unbiased, and its guide-gradient SNR does
     not vanish as K grows (IWAE's falls like 1/sqrt(K), Rainforth et al. 2018).
+    While beta < 1 (a KL warm-up, a cyclical schedule's ramp, beta-VAE with beta < 1) the guide gets
+    the plain reparameterized IWAE gradient of the same weighted bound on the same draws: the
+    score-free form has variance of order beta / sigma there and explodes once q's scale sigma has
+    collapsed at small beta (:func:`stopped_log_terms`).
     One latent site only (a hierarchical guide needs the per-layer form of the estimator).
     """
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
-        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles)
+        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles, below_one="live")
         if len(st.roots) != 1:
             raise NotImplementedError(f"dreg supports guides with one latent site, got {sorted(st.roots)}")
         lw = st.terms.log_weight
-        w = torch.softmax(lw.detach(), dim=0)
-        for z, scale in st.roots.values():  # d(-L_K)/dz_k carries w~_k already: times (1 - beta) + beta w~_k
-            _scale_grad(z, (1.0 - scale) + scale * w)
+        if st.stopped:
+            w = torch.softmax(lw.detach(), dim=0)
+            for z, scale in st.roots.values():  # d(-L_K)/dz_k carries w~_k already: times (1 - beta) + beta w~_k
+                _scale_grad(z, (1.0 - scale) + scale * w)
         return -iwae_bound(lw).sum()
 
 
 class STL_ELBO(LogWeightELBO):
     """Sticking the landing (Roeder, Wu & Duvenaud 2017): the ELBO with the score term dropped.
 
-    Value: the K-sample average ELBO (the same as ``trace``). The guide gets only the path derivative
-    through z (log q scored at detached parameters): unbiased, since E_q[grad log q] = 0 for any beta,
-    and zero variance when q equals the posterior.
+    Value: the K-sample average ELBO (the same as ``trace``). While the KL weight beta is at least 1
+    the guide gets only the path derivative through z (log q scored at detached parameters):
+    unbiased, since E_q[grad log q] = 0, and zero variance when q equals the posterior. While beta < 1
+    (a KL warm-up or schedule, beta-VAE with beta < 1) it gets the plain reparameterized gradient of
+    the weighted ELBO on the same draws, for the reason given in :func:`stopped_log_terms`.
     """
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
-        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles)
+        st = stopped_log_terms(model, guide, args, kwargs, self.num_particles, below_one="live")
         return -st.terms.log_weight.mean(0).sum()
 
 
@@ -471,13 +568,13 @@ def _num_points(args: tuple[Any, ...]) -> int:
 
 @register("elbo", "dreg")
 def dreg(*, num_particles: PositiveInt = 5) -> ELBO:
-    """IWAE bound L_K with doubly reparameterized guide gradients (Tucker et al. 2018)."""
+    """IWAE bound L_K with doubly reparameterized guide gradients (Tucker et al. 2018); IWAE's while the KL weight < 1."""
     return DReG_ELBO(num_particles)
 
 
 @register("elbo", "stl")
 def stl(*, num_particles: PositiveInt = 1) -> ELBO:
-    """ELBO with sticking-the-landing guide gradients: score term dropped (Roeder et al. 2017)."""
+    """ELBO with sticking-the-landing guide gradients (Roeder et al. 2017); the plain ones while the KL weight < 1."""
     return STL_ELBO(num_particles)
 
 

@@ -35,18 +35,20 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class Encoder(nn.Module):
-    """``body(x)`` then, with a condition, concatenate it and apply ``head``."""
+    """``body(x)`` then, with a condition, concatenate it and apply ``cond`` (a dense layer).
 
-    def __init__(self, body: nn.Module, out_features: int, cond_dim: int = 0, activation: str = "relu") -> None:
+    ``activation=None`` leaves that layer linear (the linear networks of ``mlp`` with ``hidden: []``).
+    """
+
+    def __init__(
+        self, body: nn.Module, out_features: int, cond_dim: int = 0, activation: str | None = "relu"
+    ) -> None:
         super().__init__()
         self.body = body
         self.cond_dim = cond_dim
         self.out_features = out_features
-        self.cond = (
-            nn.Sequential(nn.Linear(out_features + cond_dim, out_features), _ACTIVATIONS[activation]())
-            if cond_dim
-            else None
-        )
+        act: list[nn.Module] = [_ACTIVATIONS[activation]()] if activation is not None else []
+        self.cond = nn.Sequential(nn.Linear(out_features + cond_dim, out_features), *act) if cond_dim else None
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         h = self.body(x)
@@ -97,15 +99,19 @@ def mlp(
     hidden: list[PositiveInt] = (400,),  # type: ignore[assignment]  # encoder widths; decoder mirrors
     activation: Activation = "relu",
 ) -> Networks:
-    """Fully connected encoder/decoder; the decoder mirrors ``hidden`` (Pyro's VAE example: [400])."""
+    """Fully connected encoder/decoder; the decoder mirrors ``hidden`` (Pyro's VAE example: [400]).
+
+    ``hidden: []`` gives linear networks: the guide's parameters are affine in x and the decoder's
+    output affine in z (``activation`` is then unused). With a Gaussian likelihood and a Gaussian
+    guide this is probabilistic PCA (Tipping & Bishop 1999) as a linear VAE (Lucas et al. 2019), the
+    one model whose exact log p(x) and posterior are known (``pyro_vae.models.linear``).
+    """
     hidden = list(hidden)
-    if not hidden:
-        raise SpecError("model.network.hidden: needs at least one layer width, e.g. [400]")
     d = math.prod(event_shape)
     enc = nn.Sequential(nn.Flatten(), *_mlp([d, *hidden], activation, last_activation=True))
     dec = nn.Sequential(*_mlp([latent_dim + cond_dim, *hidden[::-1], out_params * d], activation, False))
     return Networks(
-        Encoder(enc, hidden[-1], cond_dim, activation),
+        Encoder(enc, hidden[-1] if hidden else d, cond_dim, activation if hidden else None),
         Decoder(dec, latent_dim + cond_dim, (out_params, *event_shape)),
     )
 

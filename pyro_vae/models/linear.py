@@ -21,10 +21,28 @@ from .priors import StandardNormal
 from .vae import VAE, Generative
 
 
-def exact_log_marginal(W: Tensor, b: Tensor, sigma: float, x: Tensor) -> Tensor:
-    """log p(x) per row of ``x`` (shape ``(N, F)``)."""
-    cov = W @ W.T + sigma**2 * torch.eye(W.shape[0], dtype=W.dtype)
+def exact_log_marginal(W: Tensor, b: Tensor, sigma: float | Tensor, x: Tensor) -> Tensor:
+    """log p(x) per row of ``x`` (shape ``(N, F)``); ``sigma`` one number or one per feature ``(F,)``."""
+    var = torch.as_tensor(sigma, dtype=W.dtype, device=W.device) ** 2
+    cov = W @ W.T + torch.diag(var.expand(W.shape[0]))
     return torch.distributions.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
+
+
+def linear_decoder_parameters(vae: VAE) -> tuple[Tensor, Tensor, Tensor]:
+    """``(W, b, sigma)`` of a VAE whose decoder is one linear layer and whose likelihood is Gaussian.
+
+    That is the model built from a spec with ``model.network: {kind: mlp, hidden: []}`` and
+    ``model.likelihood.kind: gaussian`` on vector data: p(x|z) = N(W z + b, diag sigma^2), so
+    :func:`exact_log_marginal` gives its exact log p(x) (probabilistic PCA, Tipping & Bishop 1999).
+    """
+    layers = [m for m in vae.model.decoder.modules() if len(list(m.children())) == 0]
+    lik = vae.model.likelihood
+    if len(layers) != 1 or not isinstance(layers[0], nn.Linear) or not isinstance(lik, Gaussian):
+        raise ValueError("needs a decoder made of one nn.Linear and a Gaussian likelihood (mlp with hidden: [])")
+    lin = layers[0]
+    f = lin.out_features
+    sigma = lik.sigma().detach().expand(lik.event_shape).reshape(f)
+    return lin.weight.detach(), lin.bias.detach(), sigma
 
 
 def exact_posterior(W: Tensor, b: Tensor, sigma: float, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -110,9 +110,9 @@ class Codebook(nn.Module):
     @torch.no_grad()
     def update(self, z_e: Tensor, k: Tensor, restart_dead: bool, dead_threshold: float) -> None:
         """One training step's statistics: usage EMA, EMA codebook, restart of dead codes."""
-        onehot = nn.functional.one_hot(k.reshape(-1, self.positions), self.num_codes).float()  # (B, P, K)
-        self.usage.mul_(self.decay).add_(onehot.mean(0), alpha=1 - self.decay)
-        flat_z = z_e.detach().reshape(-1, self.dim)
+        flat_z = z_e.detach().reshape(-1, self.dim).to(self.weight.dtype)
+        onehot = nn.functional.one_hot(k.reshape(-1, self.positions), self.num_codes).to(flat_z.dtype)  # (B, P, K)
+        self.usage.mul_(self.decay).add_(onehot.mean(0).to(self.usage.dtype), alpha=1 - self.decay)
         flat_1h = onehot.reshape(-1, self.num_codes)
         if self.ema:
             self.cluster_size.mul_(self.decay).add_(flat_1h.sum(0), alpha=1 - self.decay)
@@ -281,7 +281,7 @@ def fit_code_prior(vae: VAE, x: Tensor, pseudo_count: float = 0.5) -> Tensor:
     sets the codebook's ``usage`` (what sampling uses) and returns it ``(P, K)``."""
     cb: Codebook = vae.guide.codebook  # type: ignore[assignment]
     k = _all_codes(vae, x)
-    counts = nn.functional.one_hot(k, cb.num_codes).float().sum(0) + pseudo_count
+    counts = nn.functional.one_hot(k, cb.num_codes).to(cb.usage.dtype).sum(0) + pseudo_count
     cb.usage.copy_(counts / counts.sum(-1, keepdim=True))
     return cb.usage.clone()
 
@@ -296,7 +296,7 @@ def vq_metrics(vae: VAE, x: Tensor, batch: int = 1000) -> dict[str, float]:
     was = vae.training
     vae.eval()
     k = _all_codes(vae, x, batch)  # (N, P)
-    freq = torch.bincount(k.reshape(-1), minlength=cb.num_codes).float()
+    freq = torch.bincount(k.reshape(-1), minlength=cb.num_codes).to(cb.usage.dtype)
     p = freq / freq.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     mse = sum(float((vae.reconstruct(x[i : i + batch]) - x[i : i + batch]).pow(2).sum()) for i in range(0, len(x), batch))
