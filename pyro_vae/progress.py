@@ -44,7 +44,7 @@ def _value(v: Any) -> str:
 
 
 class Progress:
-    """The progress of ``total`` training steps over epochs ``first_epoch..epochs``.
+    """The progress of ``total`` training steps over epochs ``start_epoch + 1..epochs``.
 
     The training loop calls :meth:`update` after each step, :meth:`set_postfix` with running values,
     :meth:`epoch_end` with each epoch's record and :meth:`close` at the end.
@@ -58,6 +58,7 @@ class Progress:
         desc: str,
         epochs: int,
         steps_per_epoch: int,
+        start_epoch: int = 0,
         enabled: bool = True,
         interval: float = 60.0,
         plain: bool | None = None,
@@ -67,6 +68,7 @@ class Progress:
         self.plain = (not is_interactive(self.stream)) if plain is None else plain
         self.enabled, self.desc, self.epochs, self.steps_per_epoch = enabled, desc, epochs, steps_per_epoch
         self.interval = interval
+        self.epoch = start_epoch + 1  # the epoch being trained
         self.n = 0
         self._postfix: dict[str, Any] = {}
         self._bar: Any = None
@@ -87,11 +89,10 @@ class Progress:
         now = time.monotonic()
         if self.enabled and self.plain and now - self._last_line >= self.interval and self._epoch_steps < self.steps_per_epoch:
             self._last_line = now
-            epoch = self._postfix.get("epoch", "?")
             values = " ".join(f"{k}={_value(v)}" for k, v in self._postfix.items() if k != "epoch")
             pct = 100 * self._epoch_steps / max(self.steps_per_epoch, 1)
             self._print(
-                f"epoch {epoch}/{self.epochs} step {self._epoch_steps}/{self.steps_per_epoch} ({pct:.0f}%)"
+                f"epoch {self.epoch}/{self.epochs} step {self._epoch_steps}/{self.steps_per_epoch} ({pct:.0f}%)"
                 + (f" {values}" if values else "")
                 + f" [{_duration(now - self._epoch_start)}]"
             )
@@ -117,6 +118,8 @@ class Progress:
             self._print(f"epoch {record['epoch']}/{self.epochs} {values} [{_duration(float(record['seconds']))}]")
         self._epoch_start = self._last_line = time.monotonic()
         self._epoch_steps = 0
+        self.epoch = int(record["epoch"]) + 1
+        self._postfix = {}  # running values belong to their epoch
 
     def close(self) -> None:
         if self._bar is not None:

@@ -136,6 +136,18 @@ def _prepare_dir(paths: RunPaths, resume: bool, force: bool) -> None:
         run.path(p.name)  # recorded before they are written: a kill mid-write leaves nothing unlisted
 
 
+def _check_outputs(paths: RunPaths, figures: bool) -> None:
+    """Every place the run will write must be able to take it: files where files go, a folder for figures."""
+    for p in (paths.config, paths.metrics, paths.checkpoint, paths.best, paths.summary):
+        if p.exists() and not p.is_file():
+            raise RunError(f"{str(p)!r} is not a file, so the run cannot write it; move it away")
+    if figures and paths.figures.exists() and not paths.figures.is_dir():
+        raise RunError(
+            f"{str(paths.figures)!r} is not a folder, so the figures cannot be written there; move it away "
+            "or set train.figures=false"
+        )
+
+
 def _resolve_spec(spec: Any, overrides: tuple[str, ...] | list[str]) -> dict[str, Any]:
     if spec is None or isinstance(spec, (str, Path)):
         cfg = spec_mod.from_args(None if spec is None else str(spec), list(overrides))
@@ -213,6 +225,7 @@ def fit(
     fingerprint = dctx.on_main(data_fingerprint, ds)  # stored in each checkpoint: later loads score the same data
     if not resume:
         dctx.on_main(_prepare_dir, paths, resume, force)
+    dctx.on_main(_check_outputs, paths, tcfg.figures)  # a folder where a file goes (or the reverse): before training
     history: list[dict[str, Any]] = []
     start_epoch = 0
     partial: dict[str, Any] | None = None  # where a SIGINT/SIGTERM stopped inside an epoch
@@ -250,6 +263,7 @@ def fit(
         desc=cfg["name"],
         epochs=tcfg.epochs,
         steps_per_epoch=steps_per_epoch,
+        start_epoch=start_epoch,
         enabled=tcfg.progress and dctx.is_main,
         interval=tcfg.progress_seconds,
     )
@@ -310,7 +324,7 @@ def fit(
                 track.step((epoch - 1) * steps_per_epoch + step, float(loss))
             bar.update(1)
             if bar.n % 20 == 0 and tcfg.progress:
-                bar.set_postfix(epoch=epoch, loss=f"{float(total) / max(count, 1):.3f}", refresh=False)
+                bar.set_postfix(epoch=epoch, objective=f"{float(total) / max(count, 1):.3f}", refresh=False)
         if stop.requested:  # SIGINT/SIGTERM: save exactly this step, then exit 130/143
             assert stop.signum is not None and stop.data_state is not None
             part = {"epoch": epoch, "steps": stop.steps, "total": total.detach(), "count": count,

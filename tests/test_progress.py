@@ -26,7 +26,7 @@ def _sets(overrides: list[str]) -> list[str]:
 
 def _check_epoch_lines(text: str, run: Path, epochs: int) -> None:
     assert "\r" not in text and "\x1b[" not in text  # no redraws, no cursor movement
-    lines = [ln for ln in text.splitlines() if ln.startswith("digits-vae: epoch")]
+    lines = [ln for ln in text.splitlines() if ln.startswith("digits-vae: epoch") and " step " not in ln]
     assert [EPOCH_LINE.match(ln).group(1) for ln in lines] == [str(e) for e in range(1, epochs + 1)], text  # type: ignore[union-attr]
     metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     for ln, rec in zip(lines, metrics, strict=True):
@@ -39,6 +39,11 @@ def test_train_with_captured_output_prints_one_line_per_epoch(tmp_path: Path, ca
     """stderr captured (not a terminal): the epoch lines with the numbers of metrics.jsonl, no redraws."""
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(TINY)]) == 0
     _check_epoch_lines(capsys.readouterr().err, tmp_path / "run", 3)
+    # a tiny interval: a line after every step but an epoch's last (2 steps of 64 per epoch)
+    assert main(["train", "--out", str(tmp_path / "often"), *_sets([*TINY, "train.progress_seconds=1e-9"])]) == 0
+    err = capsys.readouterr().err
+    _check_epoch_lines(err, tmp_path / "often", 3)
+    assert re.findall(r"epoch (\d)/3 step (\d)/2 \(50%\)", err) == [("1", "1"), ("2", "1"), ("3", "1")]
     assert main(["train", "--out", str(tmp_path / "quiet"), *_sets([*TINY, "train.epochs=1", "train.progress=false"])]) == 0
     captured = capsys.readouterr()
     assert "epoch 1/1" not in captured.err + captured.out
@@ -94,11 +99,11 @@ def test_a_resumed_epoch_counts_the_steps_done_before(monkeypatch: pytest.Monkey
     clock = _Clock()
     monkeypatch.setattr(progress.time, "monotonic", clock)
     out = io.StringIO()
-    p = progress.Progress(70, desc="run", epochs=1, steps_per_epoch=100, interval=5.0, stream=out)
+    p = progress.Progress(70, desc="run", epochs=3, steps_per_epoch=100, start_epoch=1, interval=5.0, stream=out)
     p.update(30)  # steps done before the interrupt
     clock.t += 6
     p.update(1)
-    assert out.getvalue() == "run: epoch ?/1 step 31/100 (31%) [6.0s]\n"
+    assert out.getvalue() == "run: epoch 2/3 step 31/100 (31%) [6.0s]\n"
 
 
 class _Terminal(io.StringIO):
