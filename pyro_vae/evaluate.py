@@ -382,7 +382,10 @@ def evaluate(
     seeded by ``seed``, default 0; the whole split when it has no more points); the subset is recorded
     in :attr:`EvalResult.subset`. A ``seed`` also seeds the importance samples, so the result repeats.
     """
-    x, y = data.split(split)
+    if split not in ("train", "valid", "test") or not len(getattr(data, f"x_{split}")):
+        data.split(split)  # the one-line error naming the problem
+    # the rows as stored (8-bit stays uint8, a streamed split stays where it is): converted chunk by chunk
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
     subset: dict[str, Any] | None = None
     if points < 0:
         raise ValueError(f"points must be >= 0, got {points}")

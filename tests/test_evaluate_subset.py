@@ -63,3 +63,17 @@ def test_bad_points_or_seed_is_one_line(run, capsys, argv, fragment):
     assert main(["evaluate", str(run), "--particles", "4", *argv]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_points_of_a_streamed_training_split(tmp_path, capsys):
+    """The training split of a streamed run stays where it was loaded; a subset of it is scored all the same."""
+    run = tmp_path / "s"
+    assert main(["train", *TINY, "--set", "data.stream=true", "--set", "data.workers=0", "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--particles", "4", "--split", "train", "--points", "30", "--seed", "1"]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    loaded = load_run(run, device="cpu")
+    assert loaded.data.stream
+    idx = random_subset(len(loaded.data.x_train), 30, 1)
+    pyro.set_rng_seed(1)
+    ref = summarize(point_terms(loaded.vae, loaded.data.x_train[idx], loaded.data.y_train[idx], 4), "train", 4)
+    assert ev["n"] == 30 and ev["subset"]["of"] == 230 and ev["elbo"] == pytest.approx(ref.elbo, abs=1e-9)
