@@ -41,7 +41,8 @@ class Diverged(RunError):
     """The held-out bound fell far below its best so far (see :func:`check_divergence`)."""
 
 
-#: A drop below the best held-out value of more than this many nats per point is a divergence ...
+#: A drop below the best held-out value of more than this many nats per point is a divergence
+#: (the default of train.divergence_nats) ...
 DIVERGENCE_NATS = 50.0
 #: ... or of more than this many standard deviations of the recent epochs' values, whichever is larger.
 DIVERGENCE_SPREAD = 10.0
@@ -122,11 +123,11 @@ def best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None
     return best
 
 
-def divergence_threshold(history: Sequence[Mapping[str, Any]], key: str) -> float:
-    """How far below the best value the held-out bound may fall: max(50 nats, 10 x recent std)."""
+def divergence_threshold(history: Sequence[Mapping[str, Any]], key: str, nats: float = DIVERGENCE_NATS) -> float:
+    """How far below the best value the held-out bound may fall: max(``nats``, 10 x recent std)."""
     recent = [float(r[key]) for r in history[-DIVERGENCE_WINDOW:] if key in r and math.isfinite(r[key])]
     spread = statistics.stdev(recent) if len(recent) >= 2 else 0.0
-    return max(DIVERGENCE_NATS, DIVERGENCE_SPREAD * spread)
+    return max(nats, DIVERGENCE_SPREAD * spread)
 
 
 def check_divergence(
@@ -134,15 +135,17 @@ def check_divergence(
 ) -> None:
     """Raise :class:`Diverged` if ``record``'s held-out bound fell too far below the best of ``history``.
 
-    The rule: value < best - max(:data:`DIVERGENCE_NATS`, :data:`DIVERGENCE_SPREAD` x the standard
-    deviation of the held-out values of the last :data:`DIVERGENCE_WINDOW` epochs). A non-finite value
-    is :func:`check_record`'s. The message names the estimator, the KL schedule and the likely cause.
+    The rule: value < best - max(``train.divergence_nats`` (default :data:`DIVERGENCE_NATS`),
+    :data:`DIVERGENCE_SPREAD` x the standard deviation of the held-out values of the last
+    :data:`DIVERGENCE_WINDOW` epochs); ``train.divergence_nats: 0`` turns the guard off. A non-finite
+    value is :func:`check_record`'s. The message names the estimator, the KL schedule and the likely cause.
     """
+    nats = float(cfg.get("train", {}).get("divergence_nats", DIVERGENCE_NATS))
     key = held_out_key(record)
     best = best_epoch(history)
-    if key is None or best is None or key not in best or not math.isfinite(record[key]):
+    if nats <= 0 or key is None or best is None or key not in best or not math.isfinite(record[key]):
         return
-    limit = divergence_threshold(history, key)
+    limit = divergence_threshold(history, key, nats)
     drop = float(best[key]) - float(record[key])
     if drop <= limit:
         return
@@ -168,8 +171,8 @@ def check_divergence(
     )
     raise Diverged(
         f"epoch {record['epoch']}: held-out {key} {float(record[key]):.4g} fell {drop:.4g} nats below its best "
-        f"({float(best[key]):.4g}, epoch {best['epoch']}; limit max({DIVERGENCE_NATS:g}, {DIVERGENCE_SPREAD:g} x std "
-        f"of the last {DIVERGENCE_WINDOW} epochs) = {limit:.4g}); diverged with {estimator}, {sched}; {cause}; {kept}"
+        f"({float(best[key]):.4g}, epoch {best['epoch']}; limit max(train.divergence_nats {nats:g}, {DIVERGENCE_SPREAD:g} "
+        f"x std of the last {DIVERGENCE_WINDOW} epochs) = {limit:.4g}); diverged with {estimator}, {sched}; {cause}; {kept}"
     )
 
 

@@ -59,6 +59,9 @@ class TrainConfig:
     kl_steps: NonNegativeInt = 1000  # linear: warm-up length; cyclical: cycle length (optimization steps)
     kl_ramp: Annotated[float, Interval(0, 1)] = 0.5  # cyclical: fraction of each cycle spent ramping (R)
     max_bad_steps: PositiveInt = 20  # NaN/inf loss or gradient: skip the step; stop after this many in a row
+    # stop when the held-out bound falls more than max(this, 10 x the std of the last 5 epochs) nats
+    # below its best so far (pyro_vae/nonfinite.py: check_divergence); 0 turns the guard off
+    divergence_nats: NonNegativeFloat = 50.0
     fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
 
 

@@ -49,7 +49,7 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 #: train.* keys that may change when resuming; anything else would change the experiment.
-_RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps",
+_RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps", "divergence_nats",
               "fast_path", "log_to", "mlflow_uri")  # fmt: skip
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20

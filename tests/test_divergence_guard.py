@@ -39,6 +39,12 @@ def test_the_rule_50_nats_or_10_recent_standard_deviations(tmp_path) -> None:
     check_divergence(noisy, {"epoch": 7, "valid_elbo": -180.0 - limit + 1}, CFG, tmp_path / "checkpoint.pt")
     with pytest.raises(Diverged):
         check_divergence(noisy, {"epoch": 7, "valid_elbo": -180.0 - limit - 1}, CFG, tmp_path / "checkpoint.pt")
+    off = {**CFG, "train": {**CFG["train"], "divergence_nats": 0}}  # train.divergence_nats: 0 turns it off
+    check_divergence(flat, {"epoch": 7, "valid_elbo": -1e6}, off, tmp_path / "checkpoint.pt")
+    wide = {**CFG, "train": {**CFG["train"], "divergence_nats": 200}}
+    check_divergence(flat, {"epoch": 7, "valid_elbo": -240.0}, wide, tmp_path / "checkpoint.pt")
+    with pytest.raises(Diverged):
+        check_divergence(flat, {"epoch": 7, "valid_elbo": -260.0}, wide, tmp_path / "checkpoint.pt")
     # the best of all epochs counts, not only the window; the valid split decides when there is one
     assert nonfinite.best_epoch(flat)["epoch"] == 3
     assert nonfinite.held_out_key({"test_elbo": 1.0}) == "test_elbo"
@@ -51,7 +57,7 @@ def test_the_message_is_one_line_naming_estimator_schedule_and_cause(tmp_path) -
     assert "\n" not in msg
     assert "elbo.kind: dreg (num_particles 10)" in msg and "train.kl_schedule: linear" in msg
     assert "likely cause: dreg's path-derivative term" in msg and "elbo.kind: iwae" in msg
-    assert "(-44, epoch 2;" in msg and "nats below its best" in msg
+    assert "(-44, epoch 2;" in msg and "nats below its best" in msg and "train.divergence_nats 50" in msg
     assert "characters cut" not in msg and len(msg) < 600
     other = {**CFG, "elbo": {"kind": "elbo"}, "train": {"kl_schedule": "constant", "lr": 1.0}}
     with pytest.raises(Diverged, match="learning rate too large"):
@@ -131,10 +137,10 @@ def test_cli_stops_a_divergence_with_one_line_and_exit_2(tmp_path, capsys, monke
     real = train_mod._epoch_eval
     calls = []
 
-    def diverging(vae, ds):  # the held-out bound collapses by 1,000 nats at epoch 3, still finite
+    def diverging(vae, ds):  # the held-out bound collapses by 1,000 nats from epoch 3 on, still finite
         out = real(vae, ds)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) >= 3:
             out = {k: v - 1000.0 if k.endswith("_elbo") else v for k, v in out.items()}
         return out
 
@@ -148,6 +154,12 @@ def test_cli_stops_a_divergence_with_one_line_and_exit_2(tmp_path, capsys, monke
     assert "diverged with elbo.kind: trace" in err and "train.kl_schedule: linear" in err
     assert load_ckpt(run / "checkpoint.pt")["epoch"] == 2 and (run / "best.pt").is_file()
     assert not (run / "summary.json").exists()
+    # resuming stops again; with the guard turned off (train.divergence_nats: 0) the run finishes
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--set", "train.divergence_nats=0"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+    assert load_ckpt(run / "best.pt")["epoch"] in (1, 2)  # the collapsed epochs are never the best
 
 
 def test_resume_restores_a_best_pt_lost_between_the_two_writes(tmp_path, tiny, monkeypatch) -> None:
