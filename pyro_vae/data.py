@@ -1,7 +1,8 @@
 """Datasets: the embedded default, torchvision sets, the user's ``.npz``; binarization; batching.
 
-Every dataset is held in memory as tensors of shape ``(N, *event_shape)``, moved once to the training
-device and batched by index slices, not a DataLoader. 8-bit images (``image_folder``, ``celeba``, ``hf``,
+Every dataset is held as tensors of shape ``(N, *event_shape)``, moved once to the training device and
+batched by index slices; a training split larger than ``data.memory_budget_gb`` (or ``data.stream: true``)
+stays where it was loaded and streams through a DataLoader instead (pyro_vae/streaming.py). 8-bit images (``image_folder``, ``celeba``, ``hf``,
 ``uint8`` arrays in an ``npz``) stay ``uint8``, a quarter of the memory of float32; :func:`as_float`
 turns them into the values the model sees, ``x / 255`` in ``[0, 1]``, one batch at a time. Every
 other dataset is float32 (images in ``[0, 1]``, the user's raw values for a float ``npz``).

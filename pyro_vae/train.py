@@ -1,7 +1,9 @@
 """The SVI loop: progress, per-epoch metrics, atomic checkpoints, resume.
 
 ``fit`` is one short function over plain torch pieces: the estimator module
-``elbo(vae.model, vae.guide)``, a torch optimizer, index batches of an in-memory dataset.
+``elbo(vae.model, vae.guide)``, a torch optimizer, batches of the training split gathered in memory or
+streamed through a DataLoader (pyro_vae/streaming.py), progress (pyro_vae/progress.py) and experiment
+trackers (pyro_vae/trackers.py).
 """
 
 from __future__ import annotations
