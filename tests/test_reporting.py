@@ -240,3 +240,17 @@ def test_binarized_job_reports_log_px_and_delta_job_a_point_score(tmp_path, caps
     out = _numbers(capsys.readouterr().out)
     assert "point-mass score" in out and "prior penalty" in out
     assert "log p(x) >=" not in out and "KL(" not in out and "ELBO" not in out
+
+
+def test_train_elbo_is_the_beta_1_elbo_of_the_first_training_points(tmp_path, tiny) -> None:
+    """metrics.jsonl's train_elbo: one draw per point at beta = 1 on the first training rows, with
+    its own seeded draws (so recomputing it after training gives the same number exactly)."""
+    from pyro_vae import fit
+    from pyro_vae.train import TRAIN_ELBO_ROWS
+
+    res = fit(overrides=tiny + ["train.figures=false", "elbo.beta=4"], out=tmp_path / "run")  # beta: not in it
+    x = res.data.x_train[:TRAIN_ELBO_ROWS]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = point_terms(res.vae, x, res.data.y_train, 1, means=False)
+    assert res.history[-1]["train_elbo"] == float(ref.elbo.mean())
