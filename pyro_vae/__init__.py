@@ -24,7 +24,7 @@ from .estimators import (
     ScoreFunction_ELBO,
     log_terms,
 )
-from .evaluate import EvalResult, evaluate, point_terms
+from .evaluate import EvalResult, Measure, evaluate, measure_of, point_terms
 from .gradients import GradientStats, gradient_stats
 from .guides import AmortizedGuide, DeltaGuide, DiagonalNormalGuide, FlowGuide, FullRankGuide, LowRankGuide
 from .models import (
@@ -83,6 +83,7 @@ __all__ = [
     "LearnedNormal",
     "LogWeightELBO",
     "LowRankGuide",
+    "Measure",
     "MixturePrior",
     "PyroVAEError",
     "Renyi_ELBO",
@@ -100,6 +101,7 @@ __all__ = [
     "gradient_stats",
     "load_run",
     "log_terms",
+    "measure_of",
     "mlp",
     "point_terms",
     "register",
