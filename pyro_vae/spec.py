@@ -76,7 +76,7 @@ class DataOptions:
     # (pyro_vae/streaming.py; same numbers either way). auto: when it exceeds memory_budget_gb.
     stream: Literal["auto"] | bool = "auto"
     memory_budget_gb: PositiveFloat | None = None  # null: half the memory available on the training device
-    workers: NonNegativeInt | None = None  # DataLoader worker processes when streaming; null: min(4, CPUs - 1)
+    stream_workers: NonNegativeInt | None = None  # DataLoader worker processes when streaming; null: min(4, CPUs - 1)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _gb(n: int) -> str:
 
 
 def default_workers() -> int:
-    """DataLoader workers when ``data.workers`` is null: up to 4, leaving one CPU to the training loop."""
+    """DataLoader workers when ``data.stream_workers`` is null: up to 4, leaving one CPU to the training loop."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 

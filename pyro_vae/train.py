@@ -56,7 +56,7 @@ _RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particl
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
 #: data.* keys that may change when resuming: how the training split is read, not what it holds.
-_RESUMABLE_DATA = ("stream", "memory_budget_gb", "workers", "cache", "cache_dir", "decode_workers")
+_RESUMABLE_DATA = ("stream", "memory_budget_gb", "stream_workers", "cache", "cache_dir", "decode_workers")
 
 
 @dataclass(frozen=True)
@@ -409,7 +409,7 @@ def _train_batches(
     """The training split's batch source: the same batches in memory or streamed (pyro_vae/streaming.py)."""
     if not ds.stream:
         return streaming.InMemoryBatches(ds.x_train, ds.y_train, tcfg.batch_size, dctx.shard)
-    workers = cfg["data"].get("workers")
+    workers = cfg["data"].get("stream_workers")
     return streaming.StreamingBatches(
         ds.x_train, ds.y_train, tcfg.batch_size, dctx.shard, device,
         workers=streaming.default_workers() if workers is None else int(workers),

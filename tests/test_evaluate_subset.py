@@ -68,7 +68,7 @@ def test_bad_points_or_seed_is_one_line(run, capsys, argv, fragment):
 def test_points_of_a_streamed_training_split(tmp_path, capsys):
     """The training split of a streamed run stays where it was loaded; a subset of it is scored all the same."""
     run = tmp_path / "s"
-    assert main(["train", *TINY, "--set", "data.stream=true", "--set", "data.workers=0", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--set", "data.stream=true", "--set", "data.stream_workers=0", "--out", str(run)]) == 0
     assert main(["evaluate", str(run), "--particles", "4", "--split", "train", "--points", "30", "--seed", "1"]) == 0
     ev = json.loads((run / "eval.json").read_text())
     loaded = load_run(run, device="cpu")

@@ -66,13 +66,13 @@ def in_memory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streamed_run_equals_the_in_memory_run(in_memory: Path, tmp_path: Path, workers: int) -> None:
-    res = fit(overrides=[*RUN, "data.stream=true", f"data.workers={workers}"], out=tmp_path / "s")
+    res = fit(overrides=[*RUN, "data.stream=true", f"data.stream_workers={workers}"], out=tmp_path / "s")
     assert res.data.stream and res.data.stream_reason == "data.stream: true"
     _assert_identical(in_memory, tmp_path / "s")
 
 
 def test_a_budget_smaller_than_the_split_streams_it(in_memory: Path, tmp_path: Path) -> None:
-    res = fit(overrides=[*RUN, "data.memory_budget_gb=1e-6", "data.workers=0"], out=tmp_path / "s")
+    res = fit(overrides=[*RUN, "data.memory_budget_gb=1e-6", "data.stream_workers=0"], out=tmp_path / "s")
     assert res.data.stream
     assert "exceeds data.memory_budget_gb (1e-06 GB)" in res.data.stream_reason
     _assert_identical(in_memory, tmp_path / "s")
@@ -192,7 +192,7 @@ def test_streamed_resume_inside_an_epoch_equals_the_uninterrupted_run(
     with monkeypatch.context() as m:
         m.setattr(fastpath, "train_step", train_step)
         with pytest.raises(Interrupted):
-            fit(overrides=[*RUN, "data.stream=true", "data.workers=1"], out=out)
+            fit(overrides=[*RUN, "data.stream=true", "data.stream_workers=1"], out=out)
     state = checkpoint.load(out / "checkpoint.pt")
     assert state["epoch"] == 1 and state["partial"]["steps"] == 3  # steps 5, 6, 7 of epoch 2 done
     res = fit(out=out, resume=True)
@@ -202,7 +202,7 @@ def test_streamed_resume_inside_an_epoch_equals_the_uninterrupted_run(
 
 def test_resume_may_switch_between_streaming_and_memory(in_memory: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
-    fit(overrides=[*RUN, "train.epochs=1", "data.stream=true", "data.workers=0"], out=out)
+    fit(overrides=[*RUN, "train.epochs=1", "data.stream=true", "data.stream_workers=0"], out=out)
     res = fit(overrides=["train.epochs=2", "data.stream=auto"], out=out, resume=True)
     assert not res.data.stream
     _assert_identical(in_memory, out)
@@ -220,7 +220,7 @@ def test_two_streaming_ranks_train_what_one_in_memory_process_trains(in_memory: 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    sets = [a for s in [*RUN, "data.stream=true", "data.workers=1"] for a in ("--set", s)]
+    sets = [a for s in [*RUN, "data.stream=true", "data.stream_workers=1"] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "pyro_vae", "train", "--out", str(tmp_path / "ddp"), *sets]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -251,7 +251,7 @@ def test_an_image_folder_streams_its_uint8_cache_with_labels_as_in_memory(tmp_pa
             "train.epochs=2", "train.batch_size=7", "train.progress=false", "train.figures=false",
             "train.eval_particles=2"]  # fmt: skip
     mem = fit(overrides=sets, out=tmp_path / "mem")
-    streamed = fit(overrides=[*sets, "data.stream=true", "data.workers=1"], out=tmp_path / "s")
+    streamed = fit(overrides=[*sets, "data.stream=true", "data.stream_workers=1"], out=tmp_path / "s")
     assert not mem.data.stream and streamed.data.stream
     assert streamed.data.x_train.dtype == torch.uint8 and streamed.data.y_train is not None
     _assert_identical(tmp_path / "mem", tmp_path / "s")
