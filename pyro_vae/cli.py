@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -51,14 +52,6 @@ def _evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .rundir import load_run
 
-    if a.points is not None and a.points < 1:
-        from .errors import SpecError
-
-        raise SpecError(f"--points {a.points}: must be >= 1")
-    if not 0 <= a.seed < 2**32:
-        from .errors import SpecError
-
-        raise SpecError(f"--seed {a.seed}: must be in [0, 2**32 - 1]")
     held = runlock.open_reader(a.run_dir, "evaluate")  # no writer may start on the run until eval.json is written
     run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
     x, y = run.data.split(a.split)
@@ -237,6 +230,8 @@ def _check_args(a: argparse.Namespace) -> None:
                 f"--out {brief(out)}: the file name must end in an image format ({', '.join(_IMAGE_SUFFIXES)})"
             )
     if a.command in ("sample", "gradients") and out is not None:
+        if len(os.fsencode(Path(out).name)) > 255:  # before any stat of it, which would fail with ENAMETOOLONG
+            raise SpecError(f"--out {brief(out)}: the file name is longer than 255 bytes")
         parent = runlock.check_out_file(out).parent
         if not runlock.is_inside(parent, a.run_dir):  # the run's own folders are made and recorded by the command
             try:  # the folder the user named, made now: a place where nothing can be created fails before any work
