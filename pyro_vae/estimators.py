@@ -549,6 +549,11 @@ class ScoreFunction_ELBO(DifferentiableLossMixin, TraceGraph_ELBO):
         return model_trace, guide_trace
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        if getattr(guide, "is_point_mass", False):
+            raise SpecError(
+                "elbo.kind: score_function needs a guide with a density, but the guide is a point mass "
+                "(guide.kind: delta): its score is 0 and the guide would get no gradient; use elbo.kind: trace"
+            )
         elbo, surrogate = self._loss_and_surrogate_loss(model, _DetachedSampling()(guide), args, kwargs)
         if self.baseline:
             if self.average is not None:  # surrogate ELBO -= b * score: the cost minus b, per point
