@@ -26,6 +26,7 @@ import importlib.util
 import math
 import os
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,7 @@ class _TensorBoard:
             img = matplotlib.image.imread(str(png))  # (H, W, 3|4) floats in [0, 1]
             self.writer.add_image(f"figures/{png.stem}", img[..., :3], step, dataformats="HWC")
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.writer.close()
 
 
@@ -219,17 +220,24 @@ class _MLflow:
         self._record()
 
 
+def _close_all(backends: list[Any], status: str) -> None:
+    for b in backends:
+        b.close(status)
+    backends.clear()
+
+
 class Trackers:
     """The trackers of one run (none when ``train.log_to`` is empty or off rank 0).
 
     Step values are buffered and sent at each epoch end (and on :meth:`close`), so a step costs a
-    float conversion, not a file write.
+    float conversion, not a file write. Trackers that were never closed (training raised) are closed
+    as ``FAILED`` when the object is collected or the process exits.
     """
 
     def __init__(self, backends: list[Any]) -> None:
         self.backends = backends
         self._steps: list[tuple[int, float]] = []
-        self._last_step = 0
+        self._finalize = weakref.finalize(self, _close_all, backends, "FAILED")
 
     @property
     def active(self) -> bool:
@@ -238,7 +246,6 @@ class Trackers:
     def step(self, step: int, objective: float) -> None:
         if self.backends:
             self._steps.append((step, objective))
-            self._last_step = step
 
     def _flush(self) -> None:
         if self._steps:
@@ -261,13 +268,10 @@ class Trackers:
         self.close()
 
     def close(self, status: str = "FINISHED") -> None:
+        """Send what is buffered and end every tracker's run with ``status`` (FINISHED, FAILED, KILLED)."""
         self._flush()
-        for b in self.backends:
-            if isinstance(b, _MLflow):
-                b.close(status)
-            else:
-                b.close()
-        self.backends = []
+        self._finalize.detach()
+        _close_all(self.backends, status)
 
 
 def open_trackers(

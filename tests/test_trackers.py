@@ -175,3 +175,40 @@ def test_an_unusable_mlflow_uri_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot open the experiment tracker at train.mlflow_uri 'bogus://x'" in err
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def steps(self, values: list[tuple[int, float]]) -> None:
+        self.calls.append(("steps", list(values)))
+
+    def epoch(self, record: Any) -> None:
+        self.calls.append(("epoch", record["epoch"]))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.calls.append(("close", status))
+
+
+def test_steps_are_sent_at_epoch_end_and_an_unclosed_run_ends_failed() -> None:
+    import gc
+
+    b = _Backend()
+    t = trackers.Trackers([b])
+    t.step(0, 1.0)
+    t.step(1, 2.0)
+    assert b.calls == []
+    t.epoch({"epoch": 1})
+    assert b.calls == [("steps", [(0, 1.0), (1, 2.0)]), ("epoch", 1)]
+    t.step(2, 3.0)
+    del t  # training raised: nobody closed it
+    gc.collect()
+    assert b.calls[-1] == ("close", "FAILED")
+    done = _Backend()
+    t2 = trackers.Trackers([done])
+    t2.step(0, 1.0)
+    t2.close("KILLED")  # an interrupt: the buffered step is sent, the run ends once
+    del t2
+    gc.collect()
+    assert done.calls == [("steps", [(0, 1.0)]), ("close", "KILLED")]
