@@ -58,6 +58,10 @@ try:  # reset VmHWM, so the peak below is this load's (Linux >= 4.0)
 except OSError:
     pass
 before = status()
+def cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+c0 = cpu()
 t = time.perf_counter()
 ds = load(cfg)
 if as_floats:  # what the loaders kept before: float32 tensors of every split
@@ -66,13 +70,14 @@ if as_floats:  # what the loaders kept before: float32 tensors of every split
 else:
     x_train = ds.x_train
 seconds = time.perf_counter() - t
+cpu_seconds = cpu() - c0  # this process and its (joined) pool workers
 after_load = status()
 total = 0.0
 for s in range(0, len(x_train), 4096):  # one pass over every training image, as an epoch reads them
     total += float(x_train[s : s + 4096].float().sum())
 after_pass = status()
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "before": before, "after_load": after_load, "after_pass": after_pass,
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "before": before, "after_load": after_load, "after_pass": after_pass,
                   "peak_children": children, "n_train": len(x_train), "dtype": str(x_train.dtype)}))
 """
 
@@ -129,14 +134,15 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines = [
         (
             f"{SIDE}x{SIDE} RGB JPEGs, `data.load` in a fresh process; decoding on {os.cpu_count()} cores "
-            "(`decode_workers: 0`). Memory is what `data.load` added to the process (torch and torchvision already "
+            "(`decode_workers: 0`). Wall seconds of `data.load` and its CPU seconds (the process and its pool "
+            "workers: the work done, steadier than wall time on this shared machine). Memory is what `data.load` added to the process (torch and torchvision already "
             "imported): resident after loading, anonymous (the process's own) and file-backed (mapped cache pages: "
             "shared between processes, reclaimable by the kernel); both after one pass over every training image; "
             "peak (VmHWM, reset before loading, above the pre-load resident size). The JSON also has the pool "
             "workers' peak RSS (`peak_children`, which counts the pages they share with the parent).\n"
         ),
-        "| images | start | seconds | RSS anon after load (GB) | RSS file after load (GB) | anon + file after a pass (GB) | peak (GB) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| images | start | wall s | CPU s | RSS anon after load (GB) | RSS file after load (GB) | anon + file after a pass (GB) | peak (GB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         variants = [("first (decode + write cache)", r["first"]), ("cached", r["cached"]), ("cached, again", r["cached_again"])]
@@ -146,7 +152,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             b, al, ap_ = m["before"], m["after_load"], m["after_pass"]
             peak = ap_["VmHWM"] - b["RssAnon"] - b["RssFile"]
             lines.append(
-                f"| {r['images']:,} | {label} | {m['seconds']:.1f} | {_gb(_grew(al, b, 'RssAnon'))} | "
+                f"| {r['images']:,} | {label} | {m['seconds']:.1f} | {m.get('cpu_seconds', float('nan')):.1f} | "
+                f"{_gb(_grew(al, b, 'RssAnon'))} | "
                 f"{_gb(_grew(al, b, 'RssFile'))} | {_gb(_grew(ap_, b, 'RssAnon') + _grew(ap_, b, 'RssFile'))} | {_gb(peak)} |"
             )
     lines.append("")

@@ -56,6 +56,8 @@ def test_class_folders_give_labels_that_match_the_images(tmp_path: Path) -> None
     assert ds.x_train.dtype == torch.uint8 and ds.event_shape == (3, 8, 8)
     assert (len(ds.x_train), len(ds.x_valid), len(ds.x_test)) == (21, 3, 6)  # 30 images: 20% test, 3 valid
     assert ds.num_classes == 3
+    assert ds.describe() == ("data image_folder: 21 train / 3 valid (the last 3 points of the training split: "
+                             "data.valid_size 3) / 6 test points of shape (3, 8, 8) (uint8, x/255 per batch)")  # fmt: skip
     names = sorted(COLOURS)  # labels 0..C-1 in sorted folder-name order, as torchvision's ImageFolder
     for split in ("train", "valid", "test"):
         x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
