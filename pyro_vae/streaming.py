@@ -23,6 +23,7 @@ choice for ``data.stream: auto`` from the size of the training split and ``data.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +188,10 @@ class StreamingBatches:
 
     ``x`` and ``y`` may be CPU tensors or NumPy arrays (a ``np.memmap`` is read row by row).
     ``workers`` processes gather rows (0: in this process); on CUDA the batches come in pinned memory
-    and are copied without blocking. The loader's workers persist across epochs.
+    and are copied without blocking. The loader's workers persist across epochs. On Linux they are
+    forked, so they read the parent's split (a memory-mapped file stays one mapping); where only
+    ``spawn`` exists (macOS, Windows) each worker receives a pickled copy of the split, and
+    ``data.stream_workers: 0`` avoids that.
     """
 
     def __init__(
@@ -209,6 +213,8 @@ class StreamingBatches:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            # fork: workers share the parent's (memory-mapped) split instead of receiving a pickled copy
+            multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None,
             prefetch_factor=2 if workers > 0 else None,
             # workers' seeds come from here, not from the global torch stream the model draws from
             generator=torch.Generator().manual_seed(seed),
