@@ -13,6 +13,7 @@ estimate unless the user raises the limit.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping
@@ -86,25 +87,40 @@ def layer_width(module: nn.Module, event_shape: Shape) -> int:
     return width
 
 
-def model_size(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> tuple[int, int, str] | None:
-    """(parameters, width per row, its largest tensor) of the resolved spec's model, built on the meta device.
+def model_size(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> tuple[int, int, str]:
+    """(parameters, width per row, what the count rests on) of the resolved spec's model.
 
-    None when a component cannot be built without real tensors; the real build then decides.
+    Exact when the model can be built on the meta device; when a component needs real values to be
+    built (Pyro's autoregressive flows compute their masks), a lower bound from the network's layer
+    sizes (:func:`spec_lower_bound`), which still refuses absurd sizes without allocating them.
     """
+    import pyro
+
     from .models.vae import build_model
 
-    try:
-        with torch.device("meta"):
+    try:  # argument validation would read values, which meta tensors do not have
+        with torch.device("meta"), pyro.validation_enabled(False):
             vae = build_model(cfg, event_shape, num_classes)
     except SpecError:
         raise
-    except Exception:  # noqa: BLE001 - e.g. a plugin that computes with tensor values in __init__
-        return None
+    except Exception:  # noqa: BLE001 - a component that computes with tensor values in __init__
+        return spec_lower_bound(cfg, event_shape)
     tensors = [*vae.named_parameters(), *vae.named_buffers()]
     params = sum(t.numel() for _, t in tensors)
     name, big = max(tensors, key=lambda nt: nt[1].numel(), default=("", torch.empty(0)))
     largest = f"the largest tensor is {name} of shape {tuple(big.shape)}" if name else "no tensors"
     return params, layer_width(vae, event_shape), largest
+
+
+def spec_lower_bound(cfg: Mapping[str, Any], event_shape: Shape) -> tuple[int, int, str]:
+    """At least the weights of an encoder and a decoder with the spec's hidden widths between the data
+    and the latent space (every network kind has at least these many, or more for convolutions)."""
+    model = cfg.get("model", {})
+    hidden = [int(h) for h in (model.get("network") or {}).get("hidden") or [] if isinstance(h, (int, float))]
+    latent = int(model.get("latent_dim") or 1)
+    widths = [math.prod(event_shape), *hidden, latent]
+    one_way = sum(a * b for a, b in itertools.pairwise(widths))
+    return 2 * one_way, 2 * sum(widths), f"at least {2 * one_way:,} from the layer sizes {widths} (both directions)"
 
 
 def check_memory(need: float, what: str, device: torch.device | str, fix: str) -> None:
@@ -121,10 +137,7 @@ def check_training_fits(
     cfg: Mapping[str, Any], event_shape: Shape, num_classes: int, device: torch.device | str, eval_rows: int
 ) -> None:
     """Refuse a spec whose model, batch or particles cannot fit in memory, before anything is built."""
-    size = model_size(cfg, event_shape, num_classes)
-    if size is None:
-        return
-    params, width, largest = size
+    params, width, largest = model_size(cfg, event_shape, num_classes)
     particles = int(cfg["elbo"].get("num_particles") or 1)
     rows = max(cfg["train"]["batch_size"] * particles, eval_rows)
     weights = TRAIN_BYTES_PER_PARAM * params
@@ -170,6 +183,7 @@ __all__ = [
     "fmt_duration",
     "layer_width",
     "model_size",
+    "spec_lower_bound",
 ]
 
 
