@@ -59,6 +59,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     if n * a.particles > resources.PROBE_ABOVE_ROWS:  # hours of work are announced, not started
         seconds, how = resources.estimate_eval_seconds(run.vae, x, y, a.particles, n)
         resources.check_duration(seconds, a.max_hours, f"evaluate --particles {a.particles}", how, "--max-hours")
+        print(f"evaluating: about {resources.fmt_duration(seconds)} ({how})", flush=True)
     res = evaluate(run.vae, run.data, a.split, a.particles, points=a.points or 0, seed=a.seed)
     assert run.checkpoint_path is not None
     res = replace(res, checkpoint={"file": run.checkpoint_path.name, "epoch": run.epoch})
