@@ -17,6 +17,7 @@ which records the file first and refuses to replace a file the tool did not writ
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import fcntl
@@ -252,7 +253,10 @@ class RunDir:
     def _editing(self) -> Iterator[dict[str, list[str]]]:
         """Read-modify-write of the manifest under a short exclusive lock on the directory itself
         (readers holding the run lock shared may record files at the same moment)."""
-        dfd = os.open(self.root, os.O_RDONLY)
+        try:
+            dfd = os.open(self.root, os.O_RDONLY)
+        except OSError as e:
+            raise RunError(f"cannot open {str(self.root)!r}: {e.strerror or e}") from None
         try:
             fcntl.flock(dfd, fcntl.LOCK_EX)
             m = self.read_manifest()
@@ -309,7 +313,8 @@ class RunDir:
             os.close(fd)
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter shutdown the OS releases the lock anyway
+            self.release()
 
     def __enter__(self) -> RunDir:  # noqa: PYI034 - RunDir is final
         return self
@@ -390,7 +395,7 @@ class RunDir:
         with self._editing() as m:
             for key in [k for k in m["runs"] if k.startswith(prefix)]:
                 sub = RunDir(self.root / key)
-                if sub.root.is_dir() and sub.is_run():
+                if sub.root.is_dir() and not sub.root.is_symlink() and is_inside(sub.root, self.root) and sub.is_run():
                     with sub:
                         sub.lock(exclusive=True, command="clear")
                         removed += sub.clear()
@@ -400,6 +405,9 @@ class RunDir:
                 m["runs"].remove(key)
             for key in [k for k in m["files"] if k.startswith(prefix)]:
                 p = self.root / key
+                if not is_inside(p.parent, self.root):  # a folder replaced by a link to elsewhere: not ours
+                    m["files"].remove(key)
+                    continue
                 if _unlink(p):
                     removed.append(p)
                 for tmp in p.parent.glob(f".{p.name}.*.tmp"):  # left by a killed atomic write

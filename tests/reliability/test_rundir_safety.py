@@ -324,3 +324,15 @@ def test_a_forged_manifest_cannot_reach_outside(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="manifest|relative"):
         fit(overrides=FAST, out=out, force=True)
     assert victim.read_text() == "keep"
+
+
+def test_force_does_not_follow_a_folder_replaced_by_a_link(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    fit(overrides=[*FAST, "train.figures=true"], out=out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "loss.png").write_bytes(b"not the run's")
+    shutil.rmtree(out / "figures")
+    (out / "figures").symlink_to(elsewhere, target_is_directory=True)
+    fit(overrides=FAST, out=out, force=True)
+    assert (elsewhere / "loss.png").read_bytes() == b"not the run's"
