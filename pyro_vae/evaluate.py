@@ -84,7 +84,7 @@ class Measure:
             z = "f(x)" if self.point_mass else "z"
             return f"reconstruction -E[cross-entropy(x, decoder({z}))]" if ce else f"reconstruction E[log p(x|{z})]"
         if quantity == "train_objective":
-            return "training objective (the estimator's loss at the scheduled KL weight)"
+            return "training objective (loss at the scheduled KL weight)"
         raise ValueError(f"unknown quantity {quantity!r}")
 
     def note(self) -> str:

@@ -70,11 +70,11 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
     likelihood and a guide with a density)."""
     m = measure or Measure()
     ep = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     # the estimator's loss at the scheduled KL weight: with a warm-up, beta != 1 or an IWAE-type
     # estimator it is not the -ELBO (metrics.jsonl of older runs call it train_loss)
     objective = [r.get("train_objective", r.get("train_loss", math.nan)) for r in history]
-    axes[0].plot(ep, objective, label="training objective (estimator loss)")
+    axes[0].plot(ep, objective, label=m.label("train_objective"))
     bound = m.label("elbo")
     if "train_elbo" in history[0]:  # beta = 1, a fixed subset of the training split
         axes[0].plot(ep, [-r["train_elbo"] for r in history], label=f"train -[{bound}], 1 draw", alpha=0.8)
@@ -83,14 +83,17 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
     if "valid_elbo" in history[0]:
         axes[0].plot(ep, [-r["valid_elbo"] for r in history], label=f"valid -[{bound}], 1 draw", alpha=0.7)
     axes[0].set_title("minimized (nats / data point)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     if "test_reconstruction" in history[0]:
         axes[1].plot(ep, [-r["test_reconstruction"] for r in history], color="C2")
         axes[1].set_title(f"test -[{m.label('reconstruction')}]", fontsize=9)
         axes[2].plot(ep, [r["test_kl"] for r in history], color="C3")
         axes[2].set_title(f"test {m.label('kl')}", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
