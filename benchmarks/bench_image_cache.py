@@ -138,8 +138,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             "workers: the work done, steadier than wall time on this shared machine). Memory is what `data.load` added to the process (torch and torchvision already "
             "imported): resident after loading, anonymous (the process's own) and file-backed (mapped cache pages: "
             "shared between processes, reclaimable by the kernel); both after one pass over every training image; "
-            "peak (VmHWM, reset before loading, above the pre-load resident size). The JSON also has the pool "
-            "workers' peak RSS (`peak_children`, which counts the pages they share with the parent).\n"
+            "peak (VmHWM, reset before loading, above the pre-load resident size; it counts mapped cache pages too).\n"
         ),
         "| images | start | wall s | CPU s | RSS anon after load (GB) | RSS file after load (GB) | anon + file after a pass (GB) | peak (GB) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -171,13 +170,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pyro-vae-bench-images"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--keep", action="store_true", help="keep the image folders and caches")
-    ap.add_argument("--rows-from", type=Path, help="write the results from rows printed by an earlier run (one JSON a line)")
+    ap.add_argument("--rows-from", type=Path, help="rewrite the markdown from an earlier run's JSON (nothing is measured)")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     info = machine(1)
     if a.rows_from:
-        rows = [json.loads(ln) for ln in a.rows_from.read_text().splitlines() if ln.startswith("{")]
-        info["note"] = f"rows measured earlier, written from {a.rows_from.name}"
+        saved = json.loads(a.rows_from.read_text())
+        rows, info = saved["rows"], saved["machine"]
     for n in [] if a.rows_from else a.images:
         folder, cache_dir = a.work / f"jpegs-{n}", a.work / f"cache-{n}"
         made = make_folder(folder, n)
@@ -197,7 +196,7 @@ def main() -> None:
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
 
-    write(a.out, "image_cache", {"machine": info, "side": SIDE, "rows": rows}, render(rows))
+    write(a.out, "image_cache", {"machine": info, "side": SIDE, "rows": rows}, render(rows), keep_load=bool(a.rows_from))
 
 
 if __name__ == "__main__":
