@@ -58,7 +58,8 @@ def _evaluate(a: argparse.Namespace) -> int:
     n = min(a.points or len(x), len(x))
     if n * a.particles > resources.PROBE_ABOVE_ROWS:  # hours of work are announced, not started
         seconds, how = resources.estimate_eval_seconds(run.vae, x, y, a.particles, n)
-        resources.check_duration(seconds, a.max_hours, f"evaluate --particles {a.particles}", how, "--max-hours")
+        resources.check_duration(seconds, a.max_hours, f"evaluate --particles {a.particles}", how,
+                                 "ask for fewer particles or points, or give --max-hours 0 to run it anyway")  # fmt: skip
         print(f"evaluating: about {resources.fmt_duration(seconds)} ({how})", flush=True)
     res = evaluate(run.vae, run.data, a.split, a.particles, points=a.points or 0, seed=a.seed)
     assert run.checkpoint_path is not None

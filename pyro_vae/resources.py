@@ -152,12 +152,11 @@ def check_training_fits(
     )
 
 
-def check_duration(seconds: float, limit_hours: float, what: str, probe: str, flag: str) -> None:
-    """Refuse work estimated to last longer than ``limit_hours`` (0: no limit)."""
+def check_duration(seconds: float, limit_hours: float, what: str, probe: str, fix: str) -> None:
+    """Refuse work estimated to last longer than ``limit_hours`` (0: no limit); ``fix`` says how to proceed."""
     if limit_hours > 0 and seconds > limit_hours * 3600:
         raise SpecError(
-            f"{what} would take about {fmt_duration(seconds)} ({probe}), more than the {limit_hours:g} h limit; "
-            f"ask for less, or give {flag} 0 to run it anyway"
+            f"{what} would take about {fmt_duration(seconds)} ({probe}), more than the {limit_hours:g} h limit; {fix}"
         )
 
 
@@ -193,18 +192,19 @@ PROBE_ABOVE_ROWS = 5_000_000
 
 def estimate_eval_seconds(vae: Any, x: Any, y: Any, num_particles: int, points: int) -> tuple[float, str]:
     """Seconds to score ``points`` points with ``num_particles`` particles, from a short timed probe
-    (about 1,000 rows after a warm-up), and how the estimate was made."""
+    (one chunk of :data:`~pyro_vae.evaluate.ROW_BUDGET` rows, as the evaluation itself runs, after a
+    small warm-up), and how the estimate was made."""
     import time
 
-    from .evaluate import point_terms
+    from .evaluate import ROW_BUDGET, point_terms
 
-    k = min(num_particles, 256)
-    m = max(1, min(len(x), 1024 // k))
+    k = min(num_particles, ROW_BUDGET)
+    m = max(1, min(len(x), ROW_BUDGET // k))
     xb, yb = x[:m], (None if y is None else y[:m])
-    point_terms(vae, xb, yb, k)  # warm-up: first-call costs are not the rate
+    point_terms(vae, x[:1], None if y is None else y[:1], min(k, 64))  # warm-up: first-call costs are not the rate
     t0 = time.perf_counter()
     point_terms(vae, xb, yb, k)
     per_row = (time.perf_counter() - t0) / (m * k)
     total = per_row * points * num_particles
-    how = f"{points:,} points x {num_particles:,} particles at {per_row * 1e6:.1f} us each, timed on {m * k:,}"
+    how = f"{points:,} points x {num_particles:,} particles at {per_row * 1e6:.2f} us each, timed on {m * k:,}"
     return total, how

@@ -53,6 +53,8 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 #: train.* keys that may change when resuming; anything else would change the experiment.
 _RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps", "divergence_nats",
               "fast_path", "log_to", "mlflow_uri")  # fmt: skip
+#: Longest final evaluation (summary.json's L_K) a spec may ask for, from a timed probe before training.
+FINAL_EVAL_HOURS = 1.0
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
 #: data.* keys that may change when resuming: how the training split is read, not what it holds.
@@ -211,6 +213,12 @@ def fit(
     resources.check_training_fits(cfg, ds.event_shape, ds.num_classes, device, eval_rows=ROW_BUDGET)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(device)
     check_data(vae, ds)
+    if dctx.is_main and len(ds.x_test) * tcfg.eval_particles > resources.PROBE_ABOVE_ROWS:  # hours at the end?
+        seconds, how = resources.estimate_eval_seconds(vae, ds.x_test, ds.y_test, tcfg.eval_particles, len(ds.x_test))
+        resources.check_duration(
+            seconds, FINAL_EVAL_HOURS, f"the final evaluation (train.eval_particles: {tcfg.eval_particles})", how,
+            "lower train.eval_particles; `pyro-vae evaluate RUN_DIR --particles K --max-hours H` scores the run later",
+        )
     if tcfg.progress and dctx.is_main:  # how many points went to each split, before any training
         print(ds.describe(), flush=True)
         if ds.stream:

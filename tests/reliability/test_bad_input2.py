@@ -473,3 +473,14 @@ def test_the_time_estimate_is_the_right_order(run: Path) -> None:
     assert took / 10 < est < took * 10
 
 
+
+
+def test_hours_of_final_evaluation_are_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_step(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a training step ran")
+
+    monkeypatch.setattr(train_mod.fastpath, "train_step", no_step)
+    line = _exit2(["train", *as_sets([*TINY, "train.eval_particles=1000000000"]), "--out", str(tmp_path / "o")], capsys)
+    assert "the final evaluation" in line and "would take about" in line and "train.eval_particles" in line
