@@ -363,6 +363,12 @@ def stopped_log_terms(
     return StoppedTerms(terms, roots)
 
 
+def _needs_density(guide: Any, kind: str, why: str) -> None:
+    """Refuse a point-mass guide (``is_point_mass``) for an estimator whose guide gradient needs log q."""
+    if getattr(guide, "is_point_mass", False):
+        raise SpecError(f"elbo.kind: {kind} needs a guide with a density, but guide.kind: delta is a point mass: {why}")
+
+
 def _scale_grad(z: Tensor, factor: Tensor) -> None:
     """Multiply the gradient reaching ``z`` (shape ``(K, B, *event)``) by ``factor`` ``(K, B)``."""
     if z.requires_grad:
@@ -391,6 +397,7 @@ class DReG_ELBO(LogWeightELBO):
     """
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
+        _needs_density(guide, "dreg", "its identity replaces the score of a density; use elbo.kind: iwae")
         st = stopped_log_terms(model, guide, args, kwargs, self.num_particles, below_one="live")
         if len(st.roots) != 1:
             raise NotImplementedError(f"dreg supports guides with one latent site, got {sorted(st.roots)}")
@@ -549,11 +556,7 @@ class ScoreFunction_ELBO(DifferentiableLossMixin, TraceGraph_ELBO):
         return model_trace, guide_trace
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
-        if getattr(guide, "is_point_mass", False):
-            raise SpecError(
-                "elbo.kind: score_function needs a guide with a density, but the guide is a point mass "
-                "(guide.kind: delta): its score is 0 and the guide would get no gradient; use elbo.kind: trace"
-            )
+        _needs_density(guide, "score_function", "its score is 0 and the guide would get no gradient; use elbo.kind: trace")
         elbo, surrogate = self._loss_and_surrogate_loss(model, _DetachedSampling()(guide), args, kwargs)
         if self.baseline:
             if self.average is not None:  # surrogate ELBO -= b * score: the cost minus b, per point

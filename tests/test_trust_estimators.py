@@ -311,3 +311,18 @@ def test_vqvae_trains_a_step_in_float64(update):
     assert all(t.dtype == torch.float64 for t in vae.state_dict().values() if t.is_floating_point())
     fit_code_prior(vae, x)
     assert math.isfinite(vq_metrics(vae, x)["code_prior_nll"])
+
+
+@pytest.mark.parametrize(("kind", "fix"), [("score_function", "trace"), ("dreg", "iwae")])
+def test_estimators_that_need_log_q_refuse_a_point_mass_guide(kind, fix):
+    """A point mass has no density. REINFORCE's score is 0 (the guide would not train); DReG's w~^2 rule
+    replaces a score that does not exist (with K identical particles its guide gradient is 1/K of the
+    IWAE gradient: the harness's z-test found it). One line naming the fix instead."""
+    from pyro_vae.errors import SpecError
+
+    vae = _build({"kind": "vae", "latent_dim": 2, "network": {"kind": "mlp", "hidden": [4]},
+                  "likelihood": {"kind": "gaussian", "scale": 0.5}}, {"kind": "delta"})  # fmt: skip
+    x, _ = _linear_data(3)
+    with pytest.raises(SpecError, match=f"elbo.kind: {kind} needs a guide with a density.*use elbo.kind: {fix}") as e:
+        _elbo(kind)(vae.model, vae.guide)(x, None)
+    assert "\n" not in str(e.value)
