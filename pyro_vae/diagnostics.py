@@ -562,6 +562,7 @@ class Diagnosis:
     pit: np.ndarray | None
     seconds: dict[str, float]
     notes: list[str]
+    measure: str = "log_likelihood"  # evaluate.Measure.kind: what "ELBO", "L_S" and "log p(x)" are here
 
     def report(self) -> dict[str, Any]:
         k = self.psis["khat"]
@@ -603,6 +604,7 @@ class Diagnosis:
             "calibration": cal,
             "seconds": self.seconds,
             "notes": self.notes,
+            "measure": self.measure,
             "verdict": self.verdict(),
         }
 
@@ -774,6 +776,7 @@ def run_diagnostics(
         pit=pit,
         seconds=seconds,
         notes=notes,
+        measure=measure.kind,
     )
 
 

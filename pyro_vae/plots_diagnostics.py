@@ -21,6 +21,21 @@ if TYPE_CHECKING:
     from .diagnostics import Diagnosis
 
 
+def _names(d: Diagnosis) -> tuple[str, str]:
+    """Short names of the ELBO and of log p(x) for axis labels (evaluate.Measure decides which)."""
+    from .evaluate import Measure
+
+    m = Measure.from_kind(getattr(d, "measure", "log_likelihood"))
+    return ("ELBO", "log p(x)") if m.normalized else ("CE bound", "CE L_K")
+
+
+def _note(d: Diagnosis, fig: Any) -> None:
+    """A footnote on figures whose bounds are Bernoulli cross-entropy bounds, not log-likelihoods."""
+    if _names(d)[0] != "ELBO":
+        fig.text(0.01, 0.005, "CE: Bernoulli cross-entropy bound (the data are not binary): not a log-likelihood",
+                 fontsize=7, color="0.3")  # fmt: skip
+
+
 def khat_figure(d: Diagnosis, path: Path) -> None:
     k = d.psis["khat"]
     kf = np.where(np.isfinite(k), k, np.nan)
@@ -35,7 +50,8 @@ def khat_figure(d: Diagnosis, path: Path) -> None:
     axes[1].set_xlabel("k-hat")
     axes[2].scatter(kf, d.psis["gap"], s=6, alpha=0.6)
     axes[2].set_xlabel("k-hat")
-    axes[2].set_ylabel(f"L_S - ELBO (nats), S={d.log_ratios.shape[1]}")
+    axes[2].set_ylabel(f"L_S - {_names(d)[0]} (nats), S={d.log_ratios.shape[1]}")
+    _note(d, fig)
     axes[2].set_yscale("symlog", linthresh=0.1)
     axes[2].set_title("importance-weighting gain vs k-hat")
     fig.tight_layout()
@@ -129,13 +145,15 @@ def gaps_figure(d: Diagnosis, path: Path) -> None:
     x = np.arange(len(order))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     approx, amort = np.asarray(g["approximation_gap"])[order], np.asarray(g["amortization_gap"])[order]
-    axes[0].bar(x, approx, color="C0", label="approximation gap  log p(x) - ELBO(local)")
+    elbo, lpx = _names(d)
+    _note(d, fig)
+    axes[0].bar(x, approx, color="C0", label=f"approximation gap  {lpx} - {elbo}(local)")
     axes[0].bar(
         x,
         amort,
         bottom=np.where(amort > 0, approx, 0),
         color="C1",
-        label="amortization gap  ELBO(local) - ELBO(amortized)",
+        label=f"amortization gap  {elbo}(local) - {elbo}(amortized)",
     )
     axes[0].set_xlabel("point (sorted by inference gap)")
     axes[0].set_ylabel("nats")
@@ -143,10 +161,10 @@ def gaps_figure(d: Diagnosis, path: Path) -> None:
     axes[0].set_title(f"inference gap decomposition ({g['points']} points, local: {g['local_family']})", fontsize=9)
     steps, vals = zip(*g["optimization_trace"])
     axes[1].plot(steps, vals, marker=".")
-    axes[1].axhline(g["mean_elbo_amortized"], color="C3", ls="--", lw=1, label=f"amortized ELBO (K={g['K']})")
-    axes[1].axhline(g["mean_log_px"], color="k", ls=":", lw=1, label=f"log p(x) (IWAE-{g['K']})")
+    axes[1].axhline(g["mean_elbo_amortized"], color="C3", ls="--", lw=1, label=f"amortized {elbo} (K={g['K']})")
+    axes[1].axhline(g["mean_log_px"], color="k", ls=":", lw=1, label=f"{lpx} (IWAE-{g['K']})")
     axes[1].set_xlabel("Adam step")
-    axes[1].set_ylabel("mean ELBO of the local guides (nats)")
+    axes[1].set_ylabel(f"mean {elbo} of the local guides (nats)")
     axes[1].set_title(f"per-point optimization ({g['train_particles']} particles/step)", fontsize=9)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
