@@ -139,7 +139,7 @@ def run_job(job: Job, options: CompareOptions = CompareOptions(), force: bool = 
                 from .data import load
 
                 test.extend(_test_subset(load(job.config["data"], next(vae.parameters()).device), options.curve_points))
-            terms = point_terms(vae, test[0], test[1], options.curve_particles)
+            terms = point_terms(vae, test[0], test[1], options.curve_particles, means=False)  # L_K only
             point["test_log_likelihood"] = float(terms.log_likelihood.mean())
             vae.train()
         curve.append(point)
