@@ -305,7 +305,7 @@ def test_streamed_uint8_split_gives_the_in_memory_numbers(tmp_path: Path) -> Non
     folder = classes_folder(tmp_path / "imgs", per_class=6)
     common = ["data.name=image_folder", f"data.path={folder}", "data.size=8", "model.network.hidden=[8]",
               "model.likelihood.kind=discretized_logistic", "train.progress=false", "train.figures=false",
-              "train.eval_particles=2", "train.epochs=2", "train.batch_size=8", "data.workers=0"]  # fmt: skip
+              "train.eval_particles=2", "train.epochs=2", "train.batch_size=8", "data.stream_workers=0"]  # fmt: skip
     runs = [fit(overrides=[*common, f"data.stream={s}"], out=tmp_path / f"run-{s}") for s in ("false", "true")]
     assert runs[1].data.stream and not runs[0].data.stream
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
