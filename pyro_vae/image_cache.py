@@ -13,7 +13,8 @@ dataset) into one ``uint8`` array of shape ``(N, C, size, size)``:
   name carries a SHA-256 key of the transform and of every source's name, size in bytes and
   modification time, so adding, removing, replacing or touching one image decodes the folder again.
   The file is written to a temporary name and renamed into place (``os.replace``), so a killed run
-  never leaves a truncated cache behind and two runs building the same cache do not collide.
+  never leaves a truncated cache behind; a lock file beside it (``flock``, released when a process
+  dies) lets one of several processes starting on the same data decode while the others wait for it.
 
 A source that Pillow cannot decode stops the load with one :class:`DataError` naming the first such
 file and how many there are: a silently smaller dataset would change the splits and every number
@@ -36,6 +37,11 @@ from typing import Literal
 import numpy as np
 
 from .errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent first starts each decode; the rename keeps the file whole
+    fcntl = None  # type: ignore[assignment]
 
 #: Bumped whenever the decoding below changes, so no stale cache is ever read.
 CACHE_FORMAT = 1
@@ -200,22 +206,50 @@ def decoded(
     """
     shape = (len(sources), *t.shape)
     if not cache:
-        arr = np.empty(shape, dtype=np.uint8)
-        decode_all(sources, t, arr, workers=workers, name=name)
-        return arr
+        pixels = np.empty(shape, dtype=np.uint8)
+        decode_all(sources, t, pixels, workers=workers, name=name)
+        return pixels
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
     target = folder / f"{safe}-{'x'.join(map(str, t.shape))}-{key[:20]}.npy"
-    if target.is_file():
-        try:
-            arr = np.load(target, mmap_mode="c", allow_pickle=False)
-            if arr.shape == shape and arr.dtype == np.uint8:
-                return arr
-        except (OSError, ValueError):  # a foreign or damaged file: decode again and replace it
-            pass
-    tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    arr = _read(target, shape)
+    if arr is not None:
+        return arr
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{target.stem}.lock", "a")  # noqa: SIM115  closed (and unlocked) by the with below
+    except OSError as e:
+        raise _cache_error(folder, e) from None
+    with lock:
+        if fcntl is not None:  # one process decodes (torchrun ranks, compare workers); the others wait and read
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        arr = _read(target, shape)
+        if arr is not None:
+            return arr
+        _write(sources, t, target, folder, shape, workers=workers, name=name)
+    arr = _read(target, shape)
+    assert arr is not None, f"{target} was just written"
+    return arr
+
+
+def _read(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array, or None if there is none (or a foreign or damaged file, to be replaced)."""
+    if not target.is_file():
+        return None
+    try:
+        arr = np.load(target, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+
+
+def _write(
+    sources: Sequence[Source], t: Transform, target: Path, folder: Path, shape: tuple[int, ...], *, workers: int,
+    name: Callable[[int], str],
+) -> None:  # fmt: skip
+    """Decode into a temporary file beside ``target``, then rename it into place (atomic)."""
+    tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
         out = _allocate(tmp, shape)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -232,4 +266,3 @@ def decoded(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return np.load(target, mmap_mode="c", allow_pickle=False)

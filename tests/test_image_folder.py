@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +140,8 @@ def test_cache_is_reused_and_invalidated_by_any_change(tmp_path: Path, monkeypat
     folder = classes_folder(tmp_path / "imgs", per_class=4)
     cfg = folder_cfg(folder, tmp_path)
     first = load(cfg)
-    files = list((tmp_path / "cache").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".npy"  # no temporary file left behind
+    files = sorted((tmp_path / "cache").iterdir())
+    assert [f.suffix for f in files] == [".lock", ".npy"]  # no temporary file left behind
 
     def no_decoding(*a: object, **k: object) -> None:
         raise AssertionError("decoded again")
@@ -159,7 +161,7 @@ def test_cache_is_reused_and_invalidated_by_any_change(tmp_path: Path, monkeypat
     assert len(load(cfg).x_train) + len(load(cfg).x_test) == 13
     load({**cfg, "size": 4})  # another transform
     assert len(calls) == 3
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4 and not list((tmp_path / "cache").glob(".*"))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4 and not list((tmp_path / "cache").glob("*.tmp"))
 
 
 def test_interrupted_decoding_leaves_no_cache_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,13 +173,36 @@ def test_interrupted_decoding_leaves_no_cache_file(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(cache_mod, "decode_all", killed)
     with pytest.raises(KeyboardInterrupt):
         load(folder_cfg(folder, tmp_path))
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").glob("*.npy")) == list((tmp_path / "cache").glob("*.tmp")) == []
+
+
+def test_processes_starting_together_decode_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two loads of the same new folder at once (torchrun ranks, compare workers): one decodes, the
+    other waits on the lock and reads its file."""
+    folder = classes_folder(tmp_path / "imgs", per_class=2)
+    calls: list[int] = []
+    real = cache_mod.decode_all
+
+    def slow(*a: object, **k: object) -> None:
+        calls.append(1)
+        time.sleep(0.5)  # both would be decoding at once without the lock
+        real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache_mod, "decode_all", slow)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(load(folder_cfg(folder, tmp_path)))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1 and len(results) == 2
+    assert torch.equal(results[0].x_train, results[1].x_train)  # type: ignore[attr-defined]
 
 
 def test_a_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
     folder = classes_folder(tmp_path / "imgs", per_class=2)
     good = load(folder_cfg(folder, tmp_path)).x_train.clone()  # a copy: the loaded tensor maps the file
-    (cached,) = (tmp_path / "cache").iterdir()
+    (cached,) = (tmp_path / "cache").glob("*.npy")
     cached.write_bytes(cached.read_bytes()[:100])  # truncated in place
     again = load(folder_cfg(folder, tmp_path))
     assert torch.equal(good, again.x_train)
@@ -230,7 +255,7 @@ def test_unreadable_image_is_named_with_the_count(tmp_path: Path) -> None:
     _touch(folder / "apple" / "empty.png")
     with pytest.raises(DataError, match=r"cannot decode image '.*apple/empty.png' .*; 2 of 11 images are unreadable"):
         load(folder_cfg(folder, tmp_path))
-    assert list((tmp_path / "cache").iterdir()) == []  # the temporary cache file is gone
+    assert list((tmp_path / "cache").glob("*.tmp")) == []  # the temporary cache file is gone
     (folder / "._hidden.jpg").write_bytes(b"AppleDouble")  # names starting with a dot are not images
     (folder / "sky" / "broken.jpg").unlink()
     (folder / "apple" / "empty.png").unlink()
