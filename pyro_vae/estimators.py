@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -470,7 +470,8 @@ class PIWAE_ELBO(LogWeightELBO):
         loss = -(L_MK[model live, draws and q frozen] + MIWAE[model frozen, guide live]
                  - stop(MIWAE))
 
-    whose value is -L_MK. Parameters are grouped by the program they belong to (model vs guide).
+    whose value is -L_MK. Parameters are grouped by the program they belong to (model vs guide); the
+    guide's parameters get MIWAE's gradient only, also where the model uses them (a VampPrior).
     """
 
     def __init__(self, num_particles: int, num_groups: int) -> None:
@@ -482,7 +483,10 @@ class PIWAE_ELBO(LogWeightELBO):
         guide_side = log_terms(_frozen(model), guide, args, kwargs, k)
         sites = _latent_sites(guide_side.guide_trace)
         replay = _replay_trace({n: s["value"].detach() for n, s in sites}, sites)
-        model_side = log_terms(model, poutine.replay(_frozen(guide), trace=replay), args, kwargs, k)
+        # The guide's parameters are detached on the model side wherever they appear: in q, and in a
+        # prior built from the guide (a VampPrior mixes q at pseudo-inputs), so they train on MIWAE only.
+        with _detached_parameters(guide) if isinstance(guide, torch.nn.Module) else nullcontext():
+            model_side = log_terms(model, poutine.replay(_frozen(guide), trace=replay), args, kwargs, k)
         enc = miwae_bound(guide_side.log_weight, self.num_groups)
         dec = iwae_bound(model_side.log_weight)
         return -(dec + enc - enc.detach()).sum()

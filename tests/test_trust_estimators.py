@@ -326,3 +326,22 @@ def test_estimators_that_need_log_q_refuse_a_point_mass_guide(kind, fix):
     with pytest.raises(SpecError, match=f"elbo.kind: {kind} needs a guide with a density.*use elbo.kind: {fix}") as e:
         _elbo(kind)(vae.model, vae.guide)(x, None)
     assert "\n" not in str(e.value)
+
+
+def test_piwae_guide_parameters_train_on_miwae_only_also_inside_a_vamp_prior():
+    """A VampPrior is made of the guide at pseudo-inputs: the guide's parameters enter log p(z) too. PIWAE's
+    guide parameters get the MIWAE(M, K) gradient (through q and the prior), the pseudo-inputs and the
+    decoder the IWAE(M*K) gradient, on the same draws."""
+    vae = _build({"kind": "vae", "latent_dim": 2, "network": {"kind": "mlp", "hidden": [5]},
+                  "prior": {"kind": "vamp", "num_components": 3},
+                  "likelihood": {"kind": "gaussian", "scale": 0.7}}, {"kind": "diagonal_normal"})  # fmt: skip
+    x, _ = _linear_data(4)
+    gp = list(vae.guide.parameters())
+    mp = [p for p in vae.model.parameters() if all(p is not q for q in gp)]
+    pyro.set_rng_seed(0)
+    loss = _elbo("piwae", num_particles=2, num_groups=3)(vae.model, vae.guide)(x, None)
+    got_g, got_m = _grads(loss, gp), _grads(loss, mp)
+    pyro.set_rng_seed(0)
+    lw = log_terms(vae.model, vae.guide, (x, None), {}, 6).log_weight
+    torch.testing.assert_close(got_g, _grads(-miwae_bound(lw, 3).sum(), gp), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got_m, _grads(-iwae_bound(lw).sum(), mp), rtol=1e-8, atol=1e-10)
