@@ -15,6 +15,7 @@ from typing import Any
 import pyro
 import torch
 
+from . import fastpath
 from ._typing import Tensor
 from .data import Dataset, as_float
 from .estimators import iwae_bound, log_terms
@@ -209,7 +210,12 @@ class EvalResult:
 
 
 def posterior_mean_stats(
-    vae: VAE, x: Tensor, y: Tensor | None = None, draws: int = MEAN_DRAWS, row_budget: int = ROW_BUDGET
+    vae: VAE,
+    x: Tensor,
+    y: Tensor | None = None,
+    draws: int = MEAN_DRAWS,
+    row_budget: int = ROW_BUDGET,
+    q: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """E_q[z|x] per point and the variance of that estimate, both ``(N, latent_dim)``.
 
@@ -220,7 +226,8 @@ def posterior_mean_stats(
     """
     if draws < 2:
         raise ValueError(f"draws must be >= 2 to estimate the Monte Carlo variance, got {draws}")
-    q: Any = vae.guide.dist(x, vae.cond(y))  # a torch Distribution (batch (N,), event (latent_dim,))
+    if q is None:  # ``q``: the guide's q(z|x) for these points when the caller already has it
+        q = vae.guide.dist(x, vae.cond(y))  # a torch Distribution (batch (N,), event (latent_dim,))
     try:
         mean = q.mean.reshape(len(x), -1)
         return mean, torch.zeros_like(mean)
@@ -252,6 +259,57 @@ def _trace_mean_stats(draws: Tensor) -> tuple[Tensor, Tensor]:
     return mean, (draws.var(0) / k).reshape(draws.shape[1], -1)
 
 
+def direct_supported(vae: VAE) -> bool:
+    """True when :func:`point_terms` may compute the log-weights directly (:func:`_direct_sums`).
+
+    A capability check: the model and guide run the standard programs (``z ~ p(z)``, ``x ~ p(x|z)``;
+    ``z ~ q(z|x)`` from ``guide.dist``, see :func:`pyro_vae.fastpath.supports`) and no Pyro handler is
+    active (a handler could change sample values or scales only the traced path honours).
+    """
+    return fastpath.supports(vae.model, vae.guide) and fastpath._handlers() == "none"
+
+
+def _direct_sums(
+    vae: VAE, q: Any, x: Tensor, cond: Tensor | None, num_particles: int, chunk: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(logsumexp_k log w_k, sum_k log w_k, sum_k log p(x|z_k), sum_k [log p(z_k) - log q(z_k|x)])``
+    per point over ``num_particles`` draws z_k ~ q(z|x), ``chunk`` particles per decoder pass.
+
+    The same log-weights log w = log p(x|z) + log p(z) - log q(z|x) as the traced path at beta = 1,
+    without tracing: ``q`` (the guide's distribution for these points, computed once) is sampled chunk
+    by chunk exactly as the guide's ``pyro.sample`` under the vectorized particle plate samples it
+    (``rsample`` of a ``(k, B)`` batch), so a seed gives the same draws. The log-sum-exp runs over the
+    chunks as they come (a running maximum), so chunk sizes change only the float rounding.
+    """
+    model = vae.model
+    prior = fastpath._prior(model, cond)
+    qn = fastpath._diag_normal(q)
+    n_lat = q.event_shape[-1] if q.event_shape else 1
+    lse: Tensor | None = None
+    sum_w: Tensor | float = 0.0
+    sum_rec: Tensor | float = 0.0
+    sum_lat: Tensor | float = 0.0
+    for done in range(0, num_particles, chunk):
+        k = min(chunk, num_particles - done)
+        if qn is not None:  # a diagonal Normal written out: z = loc + eps * scale, log q from eps
+            loc, scale = qn
+            eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()  # = Normal.rsample
+            z = loc + eps * scale
+            log_q = (-0.5 * eps.square() - scale.log()).sum(-1) - n_lat * fastpath._HALF_LOG_2PI
+        else:
+            z = q.rsample((k,)) if q.has_rsample else q.sample((k,))
+            log_q = q.log_prob(z)
+        lat = prior.log_prob(z) - log_q  # (k, B)
+        zc = z if cond is None else torch.cat([z, cond.expand(*z.shape[:-1], cond.shape[-1])], dim=-1)
+        rec = fastpath._obs_log_prob(model.likelihood, model.decoder(zc), x)  # (k, B)
+        lw = rec + lat
+        part = torch.logsumexp(lw, 0)
+        lse = part if lse is None else torch.logaddexp(lse, part)
+        sum_w, sum_rec, sum_lat = sum_w + lw.sum(0), sum_rec + rec.sum(0), sum_lat + lat.sum(0)
+    assert lse is not None and isinstance(sum_w, Tensor) and isinstance(sum_rec, Tensor) and isinstance(sum_lat, Tensor)
+    return lse, sum_w, sum_rec, sum_lat
+
+
 @torch.no_grad()
 def point_terms(
     vae: VAE,
@@ -272,6 +330,7 @@ def point_terms(
     out: dict[str, list[Tensor]] = {k: [] for k in ("elbo", "ll", "rec", "kl", "mean", "noise")}
     was_training = vae.training
     device = next((p.device for p in vae.parameters()), x.device)  # a streamed training split stays on the CPU
+    fast = direct_supported(vae)
     vae.eval()
     try:
         for s in range(0, len(x), per):
@@ -283,7 +342,12 @@ def point_terms(
             sum_rec: Tensor | float = 0.0
             sum_lat: Tensor | float = 0.0
             draws: Tensor | None = None
-            done = 0
+            done = num_particles if fast else 0  # the direct form below, else Pyro's traces chunk by chunk
+            q: Any = None
+            if fast:
+                q = vae.guide.dist(xb, cond)  # the encoder runs once per point, whatever the particle chunks
+                lse, sum_w, sum_rec, sum_lat = _direct_sums(vae, q, xb, cond, num_particles, chunk)
+                lse_parts.append(lse)
             while done < num_particles:
                 k = min(chunk, num_particles - done)
                 t = log_terms(vae.model, vae.guide, (xb, cond), {}, k, scaled=False)
@@ -305,7 +369,7 @@ def point_terms(
             if not means:
                 mean = noise = torch.empty(len(xb), 0, device=xb.device)
             elif hasattr(vae.guide, "dist"):
-                mean, noise = posterior_mean_stats(vae, xb, yb, row_budget=row_budget)
+                mean, noise = posterior_mean_stats(vae, xb, yb, row_budget=row_budget, q=q)
             else:
                 assert draws is not None, "the guide trace has no 'z' site"
                 mean, noise = _trace_mean_stats(draws)
