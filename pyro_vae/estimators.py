@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pyro
 import torch
@@ -363,6 +363,15 @@ def stopped_log_terms(
     return StoppedTerms(terms, roots)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def needs_density(factory: _F) -> _F:
+    """Mark an estimator factory whose guide gradient needs log q(z|x): the spec refuses a point-mass guide."""
+    factory.needs_density = True  # type: ignore[attr-defined]
+    return factory
+
+
 def _needs_density(guide: Any, kind: str, why: str) -> None:
     """Refuse a point-mass guide (``is_point_mass``) for an estimator whose guide gradient needs log q."""
     if getattr(guide, "is_point_mass", False):
@@ -579,6 +588,7 @@ def _num_points(args: tuple[Any, ...]) -> int:
 
 
 @register("elbo", "dreg")
+@needs_density
 def dreg(*, num_particles: PositiveInt = 5) -> ELBO:
     """IWAE bound L_K with doubly reparameterized guide gradients (Tucker et al. 2018); IWAE's while the KL weight < 1."""
     return DReG_ELBO(num_particles)
@@ -609,6 +619,7 @@ def piwae(*, num_particles: PositiveInt = 8, num_groups: PositiveInt = 8) -> ELB
 
 
 @register("elbo", "score_function")
+@needs_density
 def score_function(
     *,
     num_particles: PositiveInt = 1,

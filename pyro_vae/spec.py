@@ -484,7 +484,21 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(train, Mapping):
         raise SpecError(f"train: expected a mapping, got {brief(train)}")
     out["train"] = _resolve_params("train", train, signature_params(TrainConfig), skip=())
+    _check_pairing(out)
     return out
+
+
+def _check_pairing(out: Mapping[str, Any]) -> None:
+    """Rules across sections that components declare: an estimator whose guide gradient needs log q(z|x)
+    (``needs_density``: dreg, score_function) refuses a point-mass guide (``is_point_mass``: delta)."""
+    elbo, guide = out["elbo"]["kind"], out["guide"]["kind"]
+    if getattr(REGISTRY.get("elbo", elbo).factory, "needs_density", False) and getattr(
+        REGISTRY.get("guide", guide).factory, "is_point_mass", False
+    ):
+        raise SpecError(
+            f"elbo.kind: {elbo} needs a guide with a density, but guide.kind: {guide} is a point mass; "
+            "use elbo.kind: trace or iwae"
+        )
 
 
 def train_config(resolved: Mapping[str, Any]) -> TrainConfig:

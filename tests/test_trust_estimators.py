@@ -345,3 +345,16 @@ def test_piwae_guide_parameters_train_on_miwae_only_also_inside_a_vamp_prior():
     lw = log_terms(vae.model, vae.guide, (x, None), {}, 6).log_weight
     torch.testing.assert_close(got_g, _grads(-miwae_bound(lw, 3).sum(), gp), rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(got_m, _grads(-iwae_bound(lw).sum(), mp), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["dreg", "score_function"])
+def test_the_spec_refuses_a_point_mass_guide_for_estimators_that_need_log_q(kind, tmp_path, capsys):
+    """Up front: exit 2, one line on stderr, nothing written."""
+    from pyro_vae.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--set", "guide.kind=delta", "--set", f"elbo.kind={kind}", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert f"elbo.kind: {kind} needs a guide with a density" in err and "delta is a point mass" in err
+    assert not out.exists()
