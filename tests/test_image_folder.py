@@ -269,6 +269,21 @@ def test_unwritable_cache_is_one_clear_error(tmp_path: Path) -> None:
         load(folder_cfg(folder, tmp_path, cache_dir=str(blocker / "sub")))
 
 
+def test_cache_permission_denied_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root nothing is refused, so the refusal is simulated where the cache folder is created."""
+    folder = classes_folder(tmp_path / "imgs", per_class=2)
+    real_mkdir = Path.mkdir
+
+    def denied(self: Path, *a: object, **k: object) -> None:
+        if self == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(DataError, match=r"cannot write the image cache in '.*locked' \(Permission denied\); set data"):
+        load(folder_cfg(folder, tmp_path, cache_dir=str(tmp_path / "locked")))
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
 def test_cache_without_permission_is_one_clear_error(tmp_path: Path) -> None:
     folder = classes_folder(tmp_path / "imgs", per_class=2)
