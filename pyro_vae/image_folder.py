@@ -153,10 +153,10 @@ def image_folder(
             raise DataError(f"image_folder: {str(folder)!r} has a train/ folder but no test/ folder")
         if len(valid_dirs) > 1:
             raise DataError(f"image_folder: {str(folder)!r} has {' and '.join(d.name + '/' for d in valid_dirs)}; keep one")
-        parts = [_folder_images(subdirs["train"], labels), _folder_images(valid_dirs[0], labels) if valid_dirs else ([], None),
-                 _folder_images(subdirs["test"], labels)]  # fmt: skip
-        for (files, _), d in zip(parts, [subdirs["train"], *valid_dirs[:1], subdirs["test"]]):
-            if not files:
+        dirs = [subdirs["train"], valid_dirs[0] if valid_dirs else None, subdirs["test"]]
+        parts = [([], None) if d is None else _folder_images(d, labels) for d in dirs]
+        for (files, _), d in zip(parts, dirs):
+            if d is not None and not files:
                 raise DataError(f"image_folder: no {'/'.join(SUFFIXES)} images under {str(d)!r}")
         labelled = [names is not None for files, names in parts if files]
         if any(labelled) and not all(labelled):

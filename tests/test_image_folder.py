@@ -126,6 +126,21 @@ def test_explicit_split_folders(tmp_path: Path) -> None:
         assert _class_of_pixels(x) == [["apple", "sky"][i] for i in y.tolist()]
 
 
+def test_explicit_train_and_test_folders_without_valid(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    for split, n in (("train", 10), ("test", 4)):
+        for i in range(n):
+            _noise(root / split / f"{i}.png", 100 * len(split) + i, (8, 8))
+    ds = load(folder_cfg(root, tmp_path, valid_size=0.2, crop="none"))
+    assert (len(ds.x_train), len(ds.x_valid), len(ds.x_test)) == (8, 2, 4) and ds.y_train is None
+    assert ds.valid_source.startswith("the last 20% of the training split")
+    (root / "test" / "0.png").rename(root / "0.png")  # images beside the split folders are not read
+    for p in (root / "test").iterdir():
+        p.unlink()
+    with pytest.raises(DataError, match=r"no \.jpg/\.jpeg/\.png/\.webp images under '.*test'"):
+        load(folder_cfg(root, tmp_path))
+
+
 def test_pool_decoding_equals_one_process(tmp_path: Path) -> None:
     folder = tmp_path / "many"
     for i in range(140):  # enough for the pool (at least 64 images per process)
