@@ -324,19 +324,34 @@ def train_step(
     x: Tensor,
     cond: Tensor | None,
     batch_size: int,
-) -> tuple[Tensor, bool]:
-    """One SVI step: mean loss over the batch, backward, and ``optimizer.step()`` only if finite.
+) -> tuple[Tensor, Tensor]:
+    """One SVI step: mean loss over the batch, backward, and the update only if loss and gradients are finite.
 
-    Returns ``(loss per data point (detached), stepped)``. A skipped step leaves the parameters
-    and the optimizer state untouched (gradients are cleared at the next step).
+    Returns ``(loss per data point (detached), stepped)``, ``stepped`` a 0-dim bool tensor on the
+    loss's device. A skipped step leaves the parameters and the optimizer state untouched (gradients
+    are cleared at the next step).
+
+    The skip is decided on the device, without reading the flag back to the host (on a GPU such a
+    read waits for the whole step and empties the launch queue): an optimizer with a fused kernel
+    (``fused=True`` Adam, AdamW, SGD, see :func:`optimizer_options`) receives the flag as
+    ``found_inf``, the argument AMP's ``GradScaler`` uses, and its kernel then leaves parameters,
+    moments and step count as they were. The flag is read on the host only for an optimizer without
+    such a kernel, and until the optimizer has state, so that a skipped first step leaves no state
+    behind (exactly as a step that never ran).
     """
     loss = loss_fn(x, cond) / batch_size
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if bool(nonfinite(loss, params)):
-        return loss.detach(), False
-    optimizer.step()
-    return loss.detach(), True
+    bad = nonfinite(loss, params) > 0
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.state:
+        optimizer.found_inf = bad.to(torch.float32)  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+    elif not bool(bad):  # a host read: no fused kernel here, or the optimizer's first step
+        optimizer.step()
+    return loss.detach(), bad.logical_not()
 
 
 def optimizer_options(cls: type, params: Iterable[Tensor]) -> dict[str, Any]:

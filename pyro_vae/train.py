@@ -57,6 +57,8 @@ _RESUMABLE = ("epochs", "progress", "progress_seconds", "figures", "eval_particl
 FINAL_EVAL_HOURS = 1.0
 #: Consecutive non-finite steps tolerated before training stops (default of train.max_bad_steps).
 MAX_BAD_STEPS = 20
+#: Training steps between host reads of the steps' skip flags and losses on an accelerator.
+HOST_READ_STEPS = 20
 #: data.* keys that may change when resuming: how the training split is read, not what it holds.
 _RESUMABLE_DATA = ("stream", "memory_budget_gb", "stream_workers", "cache", "cache_dir", "decode_workers")
 
@@ -286,6 +288,45 @@ def fit(
     )
     bad_in_row = 0
     skipped = int(history[-1].get("skipped_steps", 0)) if history else 0
+    # Steps whose skip flag and loss the host has not read yet. The step decides on the device
+    # (fastpath.train_step); the host books the flags in step order once every ``read_every`` steps,
+    # at a progress refresh and at the epoch's end: on a GPU a read per step would wait for each step.
+    # On the CPU a read costs nothing: every step is booked at once.
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # (global step, loss, stepped, rows)
+    read_every = 1 if device.type == "cpu" else HOST_READ_STEPS
+    total, count = torch.zeros((), device=device), 0  # this epoch's objective sum and rows over the steps taken
+
+    def settle(epoch: int) -> None:
+        """Books the pending steps in order with one host read: counts, objective, max_bad_steps, trackers."""
+        nonlocal bad_in_row, skipped, total, count
+        if not pending:
+            return
+        flags = torch.stack([s for _, _, s, _ in pending]).tolist()
+        losses = torch.stack([loss for _, loss, _, _ in pending]).tolist() if track.active else None
+        booked = list(pending)
+        pending.clear()
+        for i, ((gstep, loss, _, rows), ok) in enumerate(zip(booked, flags, strict=True)):
+            if not ok:
+                bad_in_row += 1
+                skipped += 1
+                if bad_in_row >= tcfg.max_bad_steps:
+                    bar.close()
+                    track.close("FAILED")
+                    last = f"the last good checkpoint is in {str(paths.checkpoint)!r}"
+                    raise NonFiniteLoss(
+                        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch} "
+                        f"(train.max_bad_steps: {tcfg.max_bad_steps}); likely causes: a learning rate too large "
+                        f"(train.lr: {tcfg.lr:g}) or a likelihood scale that collapsed (model.likelihood: "
+                        f"{cfg['model'].get('likelihood', {}).get('kind', '?')}); "
+                        + (last if paths.checkpoint.is_file() else "no checkpoint was written")
+                    )
+                continue
+            bad_in_row = 0
+            total += loss * rows
+            count += rows
+            if losses is not None:
+                track.step(gstep, losses[i])
+
     vae.train()
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
         t0 = time.perf_counter()
@@ -311,30 +352,14 @@ def fit(
                 kl_step += 1
             # zero_grad, backward, optimizer.step() unless the loss or a gradient is NaN/inf (pyro_vae/fastpath.py)
             loss, stepped = fastpath.train_step(loss_fn, optimizer, params, x, vae.cond(y), batch.size)
-            if not stepped:
-                bad_in_row += 1
-                skipped += 1
-                if bad_in_row >= tcfg.max_bad_steps:
-                    bar.close()
-                    track.close("FAILED")
-                    last = f"the last good checkpoint is in {str(paths.checkpoint)!r}"
-                    raise NonFiniteLoss(
-                        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch} "
-                        f"(train.max_bad_steps: {tcfg.max_bad_steps}); likely causes: a learning rate too large "
-                        f"(train.lr: {tcfg.lr:g}) or a likelihood scale that collapsed (model.likelihood: "
-                        f"{cfg['model'].get('likelihood', {}).get('kind', '?')}); "
-                        + (last if paths.checkpoint.is_file() else "no checkpoint was written")
-                    )
-                bar.update(1)
-                continue
-            bad_in_row = 0
-            total += loss * batch.size
-            count += batch.size
-            if track.active:
-                track.step((epoch - 1) * steps_per_epoch + step, float(loss))
+            pending.append(((epoch - 1) * steps_per_epoch + step, loss, stepped, batch.size))
             bar.update(1)
-            if bar.n % 20 == 0 and tcfg.progress:
+            refresh = bar.n % 20 == 0 and tcfg.progress
+            if refresh or len(pending) >= read_every:
+                settle(epoch)
+            if refresh:
                 bar.set_postfix(epoch=epoch, objective=f"{float(total) / max(count, 1):.3f}", refresh=False)
+        settle(epoch)
         if stop.requested:  # SIGINT/SIGTERM: save exactly this step, then exit 130/143
             assert stop.signum is not None and stop.data_state is not None
             part = {"epoch": epoch, "steps": stop.steps, "total": total.detach(), "count": count,
