@@ -133,6 +133,38 @@ def check_memory(need: float, what: str, device: torch.device | str, fix: str) -
         )
 
 
+def forward_width(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> int | None:
+    """Activation elements per row measured by one forward pass of the model and guide on meta tensors
+    (every leaf module's output; nothing is allocated), or None when the pass needs real values.
+
+    Exact where :func:`layer_width` can only bound (strided convolutions shrink their outputs); it
+    costs about a second, so it only refines an estimate that would otherwise refuse the spec.
+    """
+    import pyro
+
+    from .estimators import log_terms
+    from .models.vae import build_model
+
+    total = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel()
+
+    try:
+        with torch.device("meta"), pyro.validation_enabled(False):
+            vae = build_model(cfg, event_shape, num_classes)
+            for m in vae.modules():
+                if not list(m.children()):
+                    m.register_forward_hook(count)
+            x = torch.empty(2, *event_shape)
+            y = torch.zeros(2, dtype=torch.long) if getattr(vae, "conditional", False) else None
+            log_terms(vae.model, vae.guide, (x, vae.cond(y)), {}, 1, scaled=False)
+    except Exception:  # noqa: BLE001 - a component that needs real values: keep the cheaper estimate
+        return None
+    return 2 * math.prod(event_shape) + total[0] // 2
+
+
 def check_training_fits(
     cfg: Mapping[str, Any], event_shape: Shape, num_classes: int, device: torch.device | str, eval_rows: int
 ) -> None:
@@ -141,6 +173,8 @@ def check_training_fits(
     particles = int(cfg["elbo"].get("num_particles") or 1)
     rows = max(cfg["train"]["batch_size"] * particles, eval_rows)
     weights = TRAIN_BYTES_PER_PARAM * params
+    if weights + BYTES_PER_WIDTH * rows * width > available_memory(device):  # the bound refuses: measure
+        width = forward_width(cfg, event_shape, num_classes) or width
     acts = BYTES_PER_WIDTH * rows * width
     check_memory(
         weights + acts,
@@ -180,6 +214,7 @@ __all__ = [
     "estimate_eval_seconds",
     "fmt_bytes",
     "fmt_duration",
+    "forward_width",
     "layer_width",
     "model_size",
     "spec_lower_bound",
