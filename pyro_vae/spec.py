@@ -63,6 +63,10 @@ class TrainConfig:
     # below its best so far (pyro_vae/nonfinite.py: check_divergence); 0 turns the guard off
     divergence_nats: NonNegativeFloat = 50.0
     fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
+    # torch.compile the training loss (inductor). Off: on this project's 2-core CPU it paid only for
+    # some shapes and costs 10-30 s of compilation (benchmarks/README.md, torch.compile); compiled draws
+    # come from inductor's generator, so a run is equal in distribution to an eager one, not draw for draw
+    compile: bool = False
 
 
 @dataclass(frozen=True)

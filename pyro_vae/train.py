@@ -229,6 +229,8 @@ def fit(
     loss_fn = REGISTRY.build("elbo", cfg["elbo"])(vae.model, vae.guide)
     if tcfg.fast_path:  # same loss without Pyro's per-step tracing where supported (pyro_vae/fastpath.py)
         loss_fn = fastpath.accelerate(loss_fn)
+    if tcfg.compile:  # train.compile: off by default (measured in benchmarks/README.md)
+        loss_fn = torch.compile(loss_fn)
     params = list(vae.parameters())
     optimizer = make_optimizer(params, tcfg)
     gen = torch.Generator().manual_seed(cfg["seed"])
