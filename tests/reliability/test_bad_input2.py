@@ -447,6 +447,15 @@ def test_ordinary_models_are_not_refused() -> None:
     assert resources.model_size(cfg, (1, 28, 28))[0] < 2_000_000
 
 
+def test_strided_convolutions_are_measured_not_bounded() -> None:
+    """A 64x64 conv VAE: the meta forward pass counts each layer's real (strided) output, far below
+    the channels x pixels bound, so an ordinary CelebA spec is not refused on memory."""
+    cfg = spec.from_args(None, ["model.network.kind=conv64", "model.likelihood.kind=gaussian"])
+    measured = resources.forward_width(cfg, (3, 64, 64))
+    assert measured is not None
+    assert 2 * 3 * 64 * 64 < measured < resources.model_size(cfg, (3, 64, 64))[1] / 3
+
+
 def test_sample_num_beyond_one_grid_is_refused(run: Path, no_loading: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--num" in _exit2(["sample", str(run), "--num", "1000000000"], capsys)
 
