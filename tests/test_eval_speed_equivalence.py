@@ -125,3 +125,19 @@ def test_a_modified_program_keeps_the_traced_path():
     assert not direct_supported(vae)
     with pyro.poutine.trace():
         assert not direct_supported(make_vae())  # an active handler also keeps the traced path
+
+
+@pytest.mark.parametrize("p", [784, 97, 130])
+def test_grouped_softplus_sum_matches_float64(p):
+    """The Bernoulli normalizer sum_i softplus(l_i), computed with one log per group, for logits from
+    -100 to 100 (saturated pixels of a trained decoder) and sizes with and without small divisors."""
+    g = torch.Generator().manual_seed(p)
+    logits = torch.cat([torch.randn(200, p, generator=g) * 30, torch.full((1, p), 100.0), torch.full((1, p), -100.0)])
+    got = evaluate_mod()._softplus_sum(logits)
+    ref = torch.nn.functional.softplus(logits.double()).sum(-1)
+    assert torch.allclose(got.double(), ref, rtol=1e-6, atol=1e-3)
+    assert torch.isfinite(got).all()
+
+
+def evaluate_mod():
+    return sys.modules["pyro_vae.evaluate"]
