@@ -193,6 +193,23 @@ _PARTIAL: dict[str, tuple[str, Any]] = {
 }
 
 
+def _record_problem(record: dict[str, Any], epoch: int) -> str | None:
+    """What is wrong with one per-epoch record (None when it is what training writes to metrics.jsonl)."""
+    if record.get("epoch") != epoch or not _is_int(record.get("epoch")):
+        return f"must have 'epoch': {epoch}"
+    for key in ("seconds", "test_elbo"):
+        if not _is_number(record.get(key)):
+            return f"lacks the number {key!r}"
+    if not _is_int(record.get("skipped_steps")):
+        return "lacks the integer 'skipped_steps'"
+    if not any(_is_number(record.get(k)) for k in ("train_objective", "train_loss")):
+        return "lacks the number 'train_objective'"
+    for k, v in record.items():
+        if not isinstance(k, str) or not (v is None or isinstance(v, (bool, int, float, str))):
+            return f"holds {k!r}, which is not a plain number or text"
+    return None
+
+
 def layout_problem(state: dict[str, Any]) -> str | None:
     """What is missing or mistyped in a loaded checkpoint (None when it has the layout :func:`save` writes).
 
@@ -227,6 +244,10 @@ def layout_problem(state: dict[str, Any]) -> str | None:
     assert isinstance(history, list) and _is_int(epoch)
     if len(history) != epoch:
         return f"entry 'history' holds {len(history)} epochs but 'epoch' is {epoch}"
+    for i, record in enumerate(history):
+        problem = _record_problem(record, i + 1)
+        if problem:
+            return f"entry 'history[{i}]' {problem}"
     if "data_fingerprint" in state and not isinstance(state["data_fingerprint"], str):
         return "entry 'data_fingerprint' must be a string"
     partial = state.get("partial")

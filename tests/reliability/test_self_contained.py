@@ -192,7 +192,8 @@ BAD_ENTRIES: list[tuple[str, Any]] = [
     ("model", "missing"), ("model", []), ("model", {"w": 1.0}), ("model", "weights"),
     ("optimizer", "missing"), ("optimizer", [1, 2]),
     ("rng", "missing"), ("rng", {}), ("rng", {"torch": "x", "data": "y"}), ("rng", {"torch": torch.zeros(3), "data": torch.zeros(3)}),
-    ("history", "missing"), ("history", {}), ("history", [1]), ("history", []),
+    ("history", "missing"), ("history", {}), ("history", [1]), ("history", []), ("history", [{}]),
+    ("history", [{"epoch": 1, "seconds": torch.zeros(1), "test_elbo": 0.0, "train_loss": 0.0, "skipped_steps": 0}]),
     ("partial", []), ("partial", {"epoch": "2"}), ("partial", {"epoch": 2}),
     ("config", "missing"), ("config", 3), ("config", "name: [unclosed"), ("config", "model: 3"),
 ]  # fmt: skip

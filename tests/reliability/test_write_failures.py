@@ -74,7 +74,8 @@ def test_checkpoint_write_failure_message(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "checkpoint.pt"
     torch = __import__("torch")
     rng = {"torch": torch.get_rng_state(), "data": torch.Generator().get_state()}
-    checkpoint.save(path, {"epoch": 1, "model": {}, "optimizer": {}, "rng": rng, "history": [{}], "config": ""})
+    record = {"epoch": 1, "seconds": 0.1, "test_elbo": -1.0, "train_loss": 1.0, "skipped_steps": 0}
+    checkpoint.save(path, {"epoch": 1, "model": {}, "optimizer": {}, "rng": rng, "history": [record], "config": ""})
     _fill_disk(monkeypatch, 100)
     with pytest.raises(
         RunError, match=r"cannot write checkpoint .*No space left on device; the previous checkpoint is intact"
