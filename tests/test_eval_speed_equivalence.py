@@ -24,9 +24,9 @@ EVENT = (1, 4, 4)
 LATENT = 3
 
 
-def make_vae(seed=0):
+def make_vae(seed=0, likelihood=likelihoods.Bernoulli):
     torch.manual_seed(seed)
-    lik = likelihoods.Bernoulli(event_shape=EVENT)
+    lik = likelihood(event_shape=EVENT)
     nets = mlp(event_shape=EVENT, latent_dim=LATENT, out_params=lik.num_params, hidden=[8])
     return VAE(Generative(StandardNormal(latent_dim=LATENT), nets.decoder, lik), DiagonalNormalGuide(encoder=nets.encoder, latent_dim=LATENT))
 
@@ -98,8 +98,9 @@ def test_encoder_runs_once_per_point_batch(monkeypatch):
     assert calls == [1, 1, 1, 1]
 
 
-def test_same_seed_same_values_as_the_traced_path(monkeypatch):
-    vae, x = make_vae(), data(6)
+@pytest.mark.parametrize("likelihood", [likelihoods.Bernoulli, likelihoods.Gaussian])
+def test_same_seed_same_values_as_the_traced_path(monkeypatch, likelihood):
+    vae, x = make_vae(likelihood=likelihood), data(6)
     pyro.set_rng_seed(2)
     direct = point_terms(vae, x, None, 50)
     monkeypatch.setattr(sys.modules["pyro_vae.evaluate"], "direct_supported", lambda vae: False)  # the general Pyro-traced path
