@@ -254,7 +254,7 @@ def fit(
             history = list(state["history"])
             start_epoch = int(state["epoch"])
             partial = state.get("partial")
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a malformed optimizer or RNG state raises is one line
             raise RunError(
                 f"checkpoint {str(paths.checkpoint)!r} does not match config.yaml ({type(e).__name__}: "
                 f"{' '.join(str(e).split())[:200]})"

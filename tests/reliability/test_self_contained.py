@@ -220,9 +220,13 @@ def test_malformed_checkpoint_entry_is_named(
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    entry=st.sampled_from(["epoch", "model", "optimizer", "rng", "history", "partial", "config", "format", "extra"]),
+    entry=st.sampled_from([
+        "epoch", "model", "optimizer", "rng", "history", "partial", "config", "format", "extra",  # top level
+        "optimizer.state", "optimizer.param_groups", "rng.python", "rng.numpy", "rng.torch", "history.0.seconds",
+        "history.0.test_elbo", "history.0.epoch", "model.decoder", "partial.total", "partial.steps",  # nested
+    ]),
     value=st.recursive(
         st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=8)
         | st.builds(torch.zeros, st.integers(0, 3)),
@@ -234,14 +238,25 @@ def test_any_checkpoint_damage_is_one_line(
     trained: Path, tmp_path_factory: pytest.TempPathFactory, entry: str, value: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    """Whatever entry is replaced by whatever plain value (or removed), evaluate and --resume exit 0 or
-    exit 2 with one line: never a traceback."""
+    """Whatever entry (top-level or nested) is replaced by whatever plain value (or removed), evaluate
+    and --resume exit 0 or exit 2 with one line: never a traceback."""
     run = Path(shutil.copytree(trained, tmp_path_factory.mktemp("dmg") / "run"))
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    if value == "missing":
-        state.pop(entry, None)
+    if entry.startswith("partial."):  # a signal's checkpoint: the one that carries 'partial'
+        state["partial"] = {"epoch": 2, "steps": 1, "total": torch.tensor(1.0), "count": 32, "seconds": 0.1,
+                            "skipped": 0, "bad_in_row": 0}  # fmt: skip
+    *path, last = entry.split(".")
+    node: Any = state
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if last == "decoder":  # a tensor of the model: one of its entries
+        last = next(iter(state["model"]))
+    if isinstance(node, list):
+        node[int(last)] = None if value == "missing" else value
+    elif value == "missing":
+        node.pop(last, None)
     else:
-        state[entry] = value
+        node[last] = value
     torch.save(state, run / "checkpoint.pt")
     for args in (commands(run)[0], commands(run)[-1]):
         capsys.readouterr()
