@@ -15,8 +15,9 @@ accept is checked against references written here by hand in float64 on the same
 (d) every likelihood's density (or mass) integrates (sums) to 1 in 1-D on the sample space it declares;
 (e) every prior's density integrates to 1 in 2-D.
 
-A combination the validator or a builder refuses (a ``SpecError``: a VampPrior of a point mass, a
-conditional prior in an unconditional model, free bits on a guide that does not factorize) is
+Conditional priors (``conditional = True``: p(z|y)) are checked in a conditional VAE with a float
+condition y. A combination the validator or a builder refuses (a ``SpecError``: a VampPrior of a point
+mass or in a conditional VAE, free bits on a guide that does not factorize) is
 skipped with that message as the reason. A newly registered component is covered with no new test
 code, except an estimator, whose documented objective must be added to ``OBJECTIVES`` (the test
 says so). A fast subset runs by default, in which every component appears at least once; the whole
@@ -168,6 +169,13 @@ def _sample_space(lik_kind: str) -> str:
     return "real" if accepts(3 * torch.randn(3, generator=g) - 2.0) else "unit"
 
 
+COND = 2  # features of the condition y for conditional priors
+
+
+def _conditional(prior: str) -> bool:
+    return bool(getattr(REGISTRY.get("prior", prior).factory, "conditional", False))
+
+
 def _build(guide: str, prior: str, likelihood: str, seed: int = 0):
     """A tiny float64 VAE of the combination (mlp [4], tanh), its parameters perturbed so that q is far
     from the posterior and every gradient is far from zero."""
@@ -175,6 +183,8 @@ def _build(guide: str, prior: str, likelihood: str, seed: int = 0):
         "kind": "vae", "latent_dim": LATENT, "network": {"kind": "mlp", "hidden": [4], "activation": "tanh"},
         "prior": {"kind": prior, **SMALL.get(("prior", prior), {})}, "likelihood": {"kind": likelihood},
     }  # fmt: skip
+    if _conditional(prior):  # p(z|y) lives in a conditional VAE; y a float tensor of COND features
+        model.update(kind="cvae", condition="tensor", cond_dim=COND)
     torch.manual_seed(seed)
     cfg = resolve_component("model", model, "model")
     gcfg = resolve_component("guide", {"kind": guide, **SMALL.get(("guide", guide), {})}, "guide")
@@ -186,14 +196,15 @@ def _build(guide: str, prior: str, likelihood: str, seed: int = 0):
     return vae
 
 
-def _reference(vae: Any, x: torch.Tensor, c: dict, seed: int) -> Any:
+def _reference(vae: Any, x: torch.Tensor, y: torch.Tensor | None, c: dict, seed: int) -> Any:
     """The documented objective on the draws the estimator makes after ``pyro.set_rng_seed(seed)``:
-    one vectorized draw of shape (draws, B, D) from q(z|x), scored by hand."""
+    one vectorized draw of shape (draws, B, D) from q(z|x[, y]), scored by hand."""
     pyro.set_rng_seed(seed)
-    q = vae.guide.dist(x)
+    q = vae.guide.dist(x, y)
     z = q.rsample((_draws(c),))
-    p = vae.model.prior_dist()
-    obs = vae.model.likelihood(vae.model.decoder(z)).log_prob(x)
+    p = vae.model.prior_dist(y)
+    zy = z if y is None else torch.cat([z, y.expand(*z.shape[:-1], y.shape[-1])], -1)  # the decoder sees (z, y)
+    obs = vae.model.likelihood(vae.model.decoder(zy)).log_prob(x)
     lp, lq = p.log_prob(z), q.log_prob(z)
     beta = vae.model.kl_weight
     r = {"obs": obs, "lp": lp, "lq": lq, "q": q, "p": p, "z": z, "beta": beta, "lw": obs + beta * (lp - lq)}
@@ -209,13 +220,14 @@ def _combo(elbo: str, guide: str, prior: str, likelihood: str, beta: float = 1.0
         vae = _build(guide, prior, likelihood)
         vae.set_kl_weight(beta)
         x = _data(likelihood, 5)
+        y = torch.randn(5, COND, generator=torch.Generator().manual_seed(2), dtype=x.dtype) if _conditional(prior) else None
         vae.model.likelihood.check_data(x)
         loss_fn = REGISTRY.build("elbo", c)(vae.model, vae.guide)
         pyro.set_rng_seed(0)
-        loss_fn(x, None)
+        loss_fn(x, y)
     except SpecError as e:
         pytest.skip(f"refused: {e}")
-    return c, vae, x, loss_fn
+    return c, vae, x, y, loss_fn
 
 
 def _grid(*groups: list[str]) -> list[tuple[str, ...]]:
@@ -254,11 +266,11 @@ VALUE_PARAMS = [
 
 @pytest.mark.parametrize(("beta", "elbo", "guide", "prior", "likelihood"), VALUE_PARAMS)
 def test_value_equals_the_hand_written_objective_on_the_same_draws(beta, elbo, guide, prior, likelihood):
-    c, vae, x, loss_fn = _combo(elbo, guide, prior, likelihood, beta)
+    c, vae, x, y, loss_fn = _combo(elbo, guide, prior, likelihood, beta)
     pyro.set_rng_seed(3)
-    got = -loss_fn(x, None).detach()
+    got = -loss_fn(x, y).detach()
     with torch.no_grad():
-        ref = _reference(vae, x, c, 3)
+        ref = _reference(vae, x, y, c, 3)
     ref = ref[0] if isinstance(ref, tuple) else ref  # PIWAE's value is the model's bound, L_MK
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
 
@@ -283,17 +295,18 @@ def _z(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _gradient_replicates(elbo, guide, prior, likelihood, beta=1.0):
-    c, vae, x, loss_fn = _combo(elbo, guide, prior, likelihood, beta)
+    c, vae, x, y, loss_fn = _combo(elbo, guide, prior, likelihood, beta)
     model_p, guide_p = list(vae.model.parameters()), list(vae.guide.parameters())
     shared = {id(p) for p in model_p} & {id(p) for p in guide_p}
     model_p = [p for p in model_p if id(p) not in shared]  # a VampPrior holds the guide: count it once
     params = model_p + guide_p
     big = x[:1].expand(COPIES, *x.shape[1:])
+    ybig = None if y is None else y[:1].expand(COPIES, -1)
     got, ref = [], []
     for i in range(REPLICATES):
         pyro.set_rng_seed(100 + i)
-        got.append(_flat(torch.autograd.grad(loss_fn(big, None) / COPIES, params, allow_unused=True), params))
-        obj = _reference(vae, big, c, 1000 + i)  # independent draws: a two-sample test
+        got.append(_flat(torch.autograd.grad(loss_fn(big, ybig) / COPIES, params, allow_unused=True), params))
+        obj = _reference(vae, big, ybig, c, 1000 + i)  # independent draws: a two-sample test
         if isinstance(obj, tuple):  # model parameters train on the first objective, the guide on the second
             gm = torch.autograd.grad(-obj[0] / COPIES, model_p, allow_unused=True, retain_graph=True)
             gg = torch.autograd.grad(-obj[1] / COPIES, guide_p, allow_unused=True)
