@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, interrupt, runlock
+from . import checkpoint, interrupt, resources, runlock
 from . import spec as spec_mod
 from .errors import SpecError
 from .evaluate import Measure, point_terms, summarize
@@ -482,6 +482,7 @@ def compare(
         out = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out = runlock.check_out_dir(out, what="output directory")  # a file, a device, '' or too long: before any work
     jobs = plan(spec, estimators, seeds, out, overrides, options)
+    _check_evaluation_time(jobs, options)
     # locked while the comparison runs; --force deletes what an earlier comparison wrote there, nothing else
     owner = runlock.open_writer(out, force=force, resume=resume, command="compare")
     for job in jobs:
@@ -528,6 +529,36 @@ def compare(
             e.signum, message=f"stopped by {name} during the comparison; {_kept_jobs(out, len(finished), len(jobs))}"
         ) from None
     return CompareResult(out, jobs, records, summary, grads)
+
+
+def _check_evaluation_time(jobs: Sequence[Job], options: CompareOptions) -> None:
+    """Every job's L_K evaluation and per-epoch curve, timed on one chunk of an untrained model first:
+    days of evaluation are refused before any training."""
+    from .data import load
+    from .evaluate import ROW_BUDGET
+    from .models.vae import build_model
+
+    epochs = int(jobs[0].config["train"]["epochs"])
+    guess = options.eval_particles * (options.eval_points or 1) + options.curve_particles * epochs
+    if guess * len(jobs) <= resources.PROBE_ABOVE_ROWS:
+        return
+    cfg = jobs[0].config
+    data = load(cfg["data"], "cpu")
+    n = len(data.x_test) if not options.eval_points else min(options.eval_points, len(data.x_test))
+    rows = options.eval_particles * n + options.curve_particles * min(options.curve_points, len(data.x_test)) * epochs
+    if rows * len(jobs) <= resources.PROBE_ABOVE_ROWS:
+        return
+    vae = build_model(cfg, data.event_shape, data.num_classes)
+    x, y = _test_subset(data, options.eval_points)
+    k = min(options.eval_particles, ROW_BUDGET)
+    seconds, _how = resources.estimate_eval_seconds(vae, x, y, k, min(len(x), max(1, ROW_BUDGET // k)))
+    per_row = seconds / (k * min(len(x), max(1, ROW_BUDGET // k)))
+    resources.check_duration(
+        per_row * rows * len(jobs), resources.MAX_HOURS_WITHOUT_FLAG,
+        f"the evaluations of {len(jobs)} jobs ({rows:,} rows each: --particles x test points, plus the curve)",
+        f"{per_row * 1e6:.2f} us per row, timed on an untrained model",
+        "lower --particles, --eval-points, --curve-particles or --curve-points",
+    )  # fmt: skip
 
 
 def _job_record_path(job: Job) -> str:
@@ -620,7 +651,18 @@ def _cmd_gradients(a: Any) -> int:
     run.vae.set_kl_weight(run.config["elbo"]["beta"])
     x, y = run.data.split(a.split)
     x, y = x[: a.points], (None if y is None else y[: a.points])
-    stats = gradient_stats(run.vae, x, _names(a.estimators), ks, a.draws, y=y)
+    names = _names(a.estimators)
+    params = sum(p.numel() for p in run.vae.parameters())
+    resources.check_work(  # each draw: a forward and backward pass with K particles; every draw's gradient kept
+        f"gradients with --particles {a.snr_particles} x --draws {a.draws} x --points {len(x)}",
+        next(run.vae.parameters()).device,
+        width=resources.layer_width(run.vae, run.data.event_shape),
+        rows_per_call=max(ks) * len(x),
+        stored_elements=a.draws * params,
+        seconds_at_least=a.draws * len(ks) * len(names) * resources.STEP_SECONDS_AT_LEAST,
+        fix="lower --particles, --draws or --points",
+    )
+    stats = gradient_stats(run.vae, x, names, ks, a.draws, y=y)
     print(stats_table(stats), end="")
     out = Path(a.out) if a.out else run.paths.root / "gradients.json"
     if runlock.is_inside(out, run.paths.root):

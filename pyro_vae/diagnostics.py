@@ -875,6 +875,25 @@ def write_outputs(
 
 
 @runlock.releases_locks
+def _check_work(vae: Any, x: Tensor, opts: DiagnoseOptions, device: str) -> None:
+    """Memory and time that the options ask for, refused up front when they cannot be had."""
+    from . import resources
+
+    points = min(opts.points, len(x))
+    latent = int(getattr(vae, "latent_dim", 0) or 1)
+    event = int(np.prod(x.shape[1:]))
+    resources.check_work(
+        f"diagnose with --points {opts.points} --samples {opts.samples} --sbc {opts.sbc} --nuts {opts.nuts}",
+        device,
+        width=resources.layer_width(vae, tuple(x.shape[1:])),
+        rows_per_call=max(opts.samples, min(opts.row_budget, points * opts.samples)),
+        # PSIS draws and log ratios; simulated data and their q draws for calibration
+        stored_elements=opts.samples * points * (latent + 1) + opts.sbc * (event + opts.sbc_draws * latent),
+        seconds_at_least=min(opts.nuts, points) * opts.chains * (opts.warmup + opts.draws) * resources.STEP_SECONDS_AT_LEAST,
+        fix="lower --samples, --points, --sbc, or --nuts/--chains/--warmup/--draws",
+    )
+
+
 def diagnose(
     run_dir: str | Path,
     opts: DiagnoseOptions = DiagnoseOptions(),
@@ -896,6 +915,7 @@ def diagnose(
     else:  # a folder of its own: new, empty or an earlier diagnosis; locked while this one runs
         owner, under = runlock.open_writer(out_dir, force=True, resume=False, command="diagnose"), Path()
     x, y = run.data.split(opts.split)
+    _check_work(run.vae, x, opts, device)
     d = run_diagnostics(run.vae, x, y, opts, log=log)
     from .interrupt import stage
 

@@ -211,6 +211,7 @@ __all__ = [
     "check_duration",
     "check_memory",
     "check_training_fits",
+    "check_work",
     "estimate_eval_seconds",
     "fmt_bytes",
     "fmt_duration",
@@ -243,3 +244,33 @@ def estimate_eval_seconds(vae: Any, x: Any, y: Any, num_particles: int, points: 
     total = per_row * points * num_particles
     how = f"{points:,} points x {num_particles:,} particles at {per_row * 1e6:.2f} us each, timed on {m * k:,}"
     return total, how
+
+
+#: Longest work a command without a time-limit option may be asked for, judged from a lower bound.
+MAX_HOURS_WITHOUT_FLAG = 24.0
+#: A lower bound on one gradient step through a model and guide (Python and autograd overhead alone).
+STEP_SECONDS_AT_LEAST = 1e-4
+
+
+def check_work(
+    what: str,
+    device: torch.device | str,
+    *,
+    width: int,
+    rows_per_call: int = 0,
+    stored_elements: int = 0,
+    seconds_at_least: float = 0.0,
+    fix: str,
+) -> None:
+    """Refuse a command whose largest forward pass (``rows_per_call`` rows of ``width`` activations)
+    plus what it keeps (``stored_elements`` float32 values) cannot fit, or whose running time is at
+    least :data:`MAX_HOURS_WITHOUT_FLAG` hours."""
+    acts = BYTES_PER_WIDTH * rows_per_call * width
+    check_memory(
+        acts + 4 * stored_elements,
+        f"{what} ({rows_per_call:,} rows in one pass: {fmt_bytes(acts)}; {stored_elements:,} values kept: "
+        f"{fmt_bytes(4 * stored_elements)})",
+        device,
+        fix,
+    )
+    check_duration(seconds_at_least, MAX_HOURS_WITHOUT_FLAG, what, "a lower bound from its number of steps", fix)

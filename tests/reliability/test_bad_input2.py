@@ -14,6 +14,7 @@ Classes checked here, each by its principle rather than by one instance:
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import time
@@ -493,3 +494,31 @@ def test_hours_of_final_evaluation_are_refused_before_training(
     monkeypatch.setattr(train_mod.fastpath, "train_step", no_step)
     line = _exit2(["train", *as_sets([*TINY, "train.eval_particles=1000000000"]), "--out", str(tmp_path / "o")], capsys)
     assert "the final evaluation" in line and "would take about" in line and "train.eval_particles" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["diagnose", "RUN", "--samples", "1000000000", "--nuts", "0", "--sbc", "0"],
+     ["diagnose", "RUN", "--sbc", "1000000000", "--nuts", "0", "--points", "3", "--samples", "30"],
+     ["gradients", "RUN", "--draws", "1000000000"], ["gradients", "RUN", "--particles", "1000000000"],
+     ["compare", *as_sets(TINY), "--estimators", "trace", "--particles", "1000000000", "--no-snr", "--out", "OUT"]],
+    ids=["psis-samples", "sbc", "gradient-draws", "gradient-particles", "compare-particles"],
+)  # fmt: skip
+def test_other_commands_refuse_what_cannot_fit_or_finish(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same class for every command: memory and time estimated from its options, before any work."""
+    compare_mod = importlib.import_module("pyro_vae.compare")  # the package re-exports functions of these names
+    diagnostics_mod = importlib.import_module("pyro_vae.diagnostics")
+
+    def no_work(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(diagnostics_mod, "run_diagnostics", no_work)
+    monkeypatch.setattr(compare_mod, "gradient_stats", no_work)
+    monkeypatch.setattr(compare_mod, "run_job", no_work)
+    t0 = time.perf_counter()
+    line = _exit2([str(run) if a == "RUN" else str(tmp_path / "c") if a == "OUT" else a for a in args], capsys)
+    assert time.perf_counter() - t0 < 60
+    assert ("needs about" in line and "available" in line) or "would take about" in line
+    assert not (tmp_path / "c").exists()
