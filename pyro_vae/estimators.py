@@ -127,6 +127,11 @@ class LogWeightELBO(DifferentiableLossMixin, ELBO):
     reparameterized draws (the guide must be reparameterizable).
     """
 
+    #: Capability: the loss is exactly ``-sum_b objective(log-weights)`` with plain reparameterized
+    #: gradients, so :mod:`pyro_vae.fastpath` may compute it from its own log-weights. False for
+    #: estimators whose gradient comes from a surrogate (dreg, stl, piwae).
+    loss_is_objective: ClassVar[bool] = True
+
     def __init__(self, num_particles: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=MAX_PLATE_NESTING, vectorize_particles=True)
 
@@ -405,6 +410,8 @@ class DReG_ELBO(LogWeightELBO):
     One latent site only (a hierarchical guide needs the per-layer form of the estimator).
     """
 
+    loss_is_objective = False  # a surrogate loss: the guide's gradient is not the bound's
+
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
         _needs_density(guide, "dreg", "its identity replaces the score of a density; use elbo.kind: iwae")
         st = stopped_log_terms(model, guide, args, kwargs, self.num_particles, below_one="live")
@@ -427,6 +434,8 @@ class STL_ELBO(LogWeightELBO):
     (a KL warm-up or schedule, beta-VAE with beta < 1) it gets the plain reparameterized gradient of
     the weighted ELBO on the same draws, for the reason given in :func:`stopped_log_terms`.
     """
+
+    loss_is_objective = False  # a surrogate loss: the guide's gradient is not the bound's
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
         st = stopped_log_terms(model, guide, args, kwargs, self.num_particles, below_one="live")
@@ -482,6 +491,8 @@ class PIWAE_ELBO(LogWeightELBO):
     whose value is -L_MK. Parameters are grouped by the program they belong to (model vs guide); the
     guide's parameters get MIWAE's gradient only, also where the model uses them (a VampPrior).
     """
+
+    loss_is_objective = False  # a surrogate loss: the guide's gradient is not the bound's
 
     def __init__(self, num_particles: int, num_groups: int) -> None:
         super().__init__(num_particles * num_groups)

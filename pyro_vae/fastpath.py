@@ -13,8 +13,9 @@ below is a short function of the same quantities, so :class:`FastELBO` computes 
   model and guide, exactly what ``poutine.scale`` does on the ``z`` site),
 
 and then the estimator's own formula: ``trace`` ``-sum(obs + latent) / K``; ``meanfield``
-``-(sum(obs) / K - beta_q sum KL(q||p))`` with the closed-form KL; ``iwae`` / ``renyi``
-``-sum_b log mean_k w_k^(1-a) / (1-a)``. A diagonal-Normal guide, a Normal prior and a Bernoulli
+``-(sum(obs) / K - beta_q sum KL(q||p))`` with the closed-form KL; and for every estimator that
+declares ``loss_is_objective`` (``iwae``, ``renyi``, ``miwae``, ``ciwae``: a function of the
+``(K, B)`` log-weights with plain reparameterized gradients) ``-sum_b elbo.objective(log-weights)``. A diagonal-Normal guide, a Normal prior and a Bernoulli
 likelihood are written out in closed form (no ``Distribution`` objects, no argument validation on
 the hot path); any other reparameterized family goes through its distribution's ``log_prob``.
 Anything else (another model or guide class, a non-reparameterized guide, a prior without a
@@ -42,7 +43,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn import functional as F
 
 from ._typing import Tensor
-from .estimators import IWAE_ELBO, Renyi_ELBO, iwae_bound
+from .estimators import LogTerms, LogWeightELBO
 from .guides.base import AmortizedGuide
 from .guides.normal import DiagonalNormalGuide
 from .models import likelihoods
@@ -71,10 +72,8 @@ def estimator_kind(elbo: Any) -> tuple[str, float] | None:
         if not elbo.vectorize_particles:  # looped particles draw in another order: keep Pyro's
             return None
         return ("trace" if t is Trace_ELBO else "meanfield"), 0.0
-    if t is IWAE_ELBO:
-        return "iwae", 0.0
-    if t is Renyi_ELBO:
-        return "renyi", float(elbo.alpha)
+    if getattr(elbo, "loss_is_objective", False) and t.differentiable_loss is LogWeightELBO.differentiable_loss:
+        return "log_weights", 0.0  # iwae, renyi, miwae, ciwae: elbo.objective of our log-weights
     return None
 
 
@@ -274,10 +273,7 @@ class FastELBO(nn.Module):
         lw = t.obs + t.latent  # (K, B) log-weights, beta inside each
         if self.kind == "trace":
             return -lw.sum() / K if K != 1 else -lw.sum()
-        if self.kind == "iwae":
-            return -iwae_bound(lw).sum()
-        a = self.alpha
-        return -(iwae_bound((1.0 - a) * lw) / (1.0 - a)).sum()
+        return -self.elbo.objective(LogTerms(t.obs, t.latent, None)).sum()  # the estimator's own formula
 
 
 def accelerate(loss_fn: Any) -> Any:

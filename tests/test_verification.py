@@ -457,3 +457,34 @@ def test_prior_is_normalized(kind):
     for d in dists:
         mass = _grid_mass(lambda z, d=d: d.log_prob(z).reshape(-1), lo=-9.0, hi=9.0, n=400)
         assert mass == pytest.approx(1.0, abs=5e-3), (kind, mass)
+
+
+# --------------------------------------------------------------------------- (f) the fast path
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.4])
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_fast_path_equals_the_pyro_path_wherever_it_is_taken(elbo, beta):
+    """Every estimator the fast path accepts (declared by the estimator, ``loss_is_objective``, or
+    written out: trace, meanfield) gives the Pyro path's value and gradients on the same draws;
+    estimators whose loss is a surrogate (dreg, stl, piwae) keep the Pyro path."""
+    from pyro_vae.estimators import LogWeightELBO
+    from pyro_vae.fastpath import FastELBO, accelerate
+
+    _, vae, x, y, loss_fn = _combo(elbo, "diagonal_normal", "learned_normal", "gaussian", beta)
+    fast = accelerate(loss_fn)
+    est = loss_fn.elbo
+    if isinstance(est, LogWeightELBO):  # the capability decides, for our estimators
+        assert isinstance(fast, FastELBO) == est.loss_is_objective, type(est).__name__
+    if not isinstance(fast, FastELBO):
+        return
+    params = list(vae.parameters())
+    pyro.set_rng_seed(5)
+    a = fast(x, y)
+    ga = _flat(torch.autograd.grad(a, params, allow_unused=True), params)
+    pyro.set_rng_seed(5)
+    b = loss_fn(x, y)
+    gb = _flat(torch.autograd.grad(b, params, allow_unused=True), params)
+    assert fast.fallbacks == 0
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-10)
