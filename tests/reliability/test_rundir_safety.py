@@ -125,9 +125,9 @@ def test_every_command_keeps_user_files_and_lists_its_own(box: Path, capsys: pyt
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    user=st.dictionaries(st.sampled_from(USER_PATHS), st.binary(max_size=64), max_size=3),
+    user=st.just({}) | st.dictionaries(st.sampled_from(USER_PATHS), st.binary(max_size=64), max_size=3),
     ops=st.lists(st.tuples(st.sampled_from(OPS), st.lists(st.sampled_from(USER_PATHS), max_size=2)), min_size=1,
                  max_size=6),
 )  # fmt: skip
