@@ -363,6 +363,9 @@ def point_terms(
 ) -> PointTerms:
     """Per-point estimates with K particles, chunked over points and particles (bounded memory).
 
+    For the standard pair (:func:`direct_supported`) the log-weights are computed directly
+    (:func:`_direct_sums`: the encoder once per point batch, the same draws as the traced path);
+    any other program goes through Pyro's traces (:func:`pyro_vae.estimators.log_terms`).
     ``means=False`` skips the posterior means (for per-epoch curves; then active units are unknown).
     """
     if num_particles < 1:
