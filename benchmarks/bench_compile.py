@@ -65,7 +65,8 @@ def main() -> None:
                 opt = make_optimizer(params, spec_mod.train_config(cfg))
                 it = {"i": 0}
 
-                def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params, it: Any = it) -> None:
+                def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params, it: Any = it,
+                         xs: torch.Tensor = xs, batch: int = batch) -> None:
                     it["i"] = (it["i"] + 1) % 16
                     x = xs[it["i"] * batch : (it["i"] + 1) * batch]
                     fastpath.train_step(loss_fn, opt, params, x, None, batch)

@@ -20,6 +20,7 @@ Run: ``python benchmarks/bench_eval.py --out benchmarks/results`` (add ``--devic
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ PIXELS = 784
 
 def decoder_flops_per_draw() -> int:
     dims = [LATENT, *HIDDEN[::-1], PIXELS]
-    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    return sum(2 * a * b for a, b in itertools.pairwise(dims))
 
 
 def spec(device: str) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def matmul_throughput(rows: int, device: torch.device, seconds: float = 3.0) -> 
     """FLOP/s of the decoder's three matmuls (with bias) on ``rows`` rows, float32, timed back to back."""
     dims = [LATENT, *HIDDEN[::-1], PIXELS]
     xs = [torch.randn(rows, a, device=device) for a in dims[:-1]]
-    ws = [(torch.randn(b, a, device=device), torch.randn(b, device=device)) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    ws = [(torch.randn(b, a, device=device), torch.randn(b, device=device)) for a, b in itertools.pairwise(dims)]
     flops = rows * decoder_flops_per_draw()
 
     def once() -> None:
@@ -164,9 +165,11 @@ def main() -> None:
     ext = " (extrapolated from {} images)"
     md = [
         f"### L_{args.K} on the 10,000 MNIST test images, 784-200-200-50 tanh VAE ({args.device})\n",
-        f"Decoder: {decoder_flops_per_draw():,} FLOPs per draw; {args.K} x 10,000 draws = {flops_total:.3e} FLOPs. "
-        f"Measured matmul throughput on the same shapes ({rows} rows): {flops_s / 1e9:.1f} GFLOP/s "
-        f"(load average {load0:.2f}). Arithmetic lower bound: **{bound:.0f} s**.\n",
+        (
+            f"Decoder: {decoder_flops_per_draw():,} FLOPs per draw; {args.K} x 10,000 draws = {flops_total:.3e} FLOPs. "
+            f"Measured matmul throughput on the same shapes ({rows} rows): {flops_s / 1e9:.1f} GFLOP/s "
+            f"(load average {load0:.2f}). Arithmetic lower bound: **{bound:.0f} s**.\n"
+        ),
         "| path | images timed | wall s (10,000 images) | CPU s (10,000 images) | wall / lower bound | load avg (1 min) | mean L_K |",
         "|---|---|---|---|---|---|---|",
     ]
