@@ -225,7 +225,7 @@ class RunDir:
         try:
             raw = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            return {"files": [], "dirs": [], "runs": []}
+            return {"files": earlier_run_files(self.root), "dirs": [], "runs": []}
         except (OSError, ValueError) as e:
             raise RunError(f"{str(self.manifest_path)!r} is unreadable ({type(e).__name__}); it lists the files pyro-vae "
                            "wrote here: restore it or remove the directory by hand") from None  # fmt: skip
@@ -454,6 +454,28 @@ def _umask() -> int:
 # --------------------------------------------------------------------------- opening
 
 
+#: What a run directory written before manifests existed holds, by the names that version used.
+_EARLIER_RUN_FILES = (
+    "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "best.pt", "eval.json", "gradients.json",
+)
+_EARLIER_FIGURES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "manifold.png", "samples_cli.png")
+
+
+def earlier_run_files(root: Path) -> list[str]:
+    """The run-contract files of a run directory made before manifests existed (it holds
+    ``config.yaml`` and ``checkpoint.pt``), adopted as the tool's own; [] for any other directory."""
+    if not ((root / "config.yaml").is_file() and (root / "checkpoint.pt").is_file()):
+        return []
+    from .checkpoint import load
+
+    try:  # a pyro-vae checkpoint (tensors and plain containers, its format mark), not a namesake
+        load(root / "checkpoint.pt")
+    except RunError:
+        return []
+    names = [*_EARLIER_RUN_FILES, *(f"figures/{f}" for f in _EARLIER_FIGURES)]
+    return [n for n in names if (root / n).is_file() and not (root / n).is_symlink()]
+
+
 def open_writer(root: str | os.PathLike[str], *, force: bool, resume: bool, command: str,
                 flag: str = "--out") -> RunDir:  # fmt: skip
     """Take ``root`` for writing: create it, or continue it (``resume``), or empty it of the tool's
@@ -476,7 +498,7 @@ def open_writer(root: str | os.PathLike[str], *, force: bool, resume: bool, comm
             raise RunError(f"{what} {shown!r} already exists; use --resume to continue it or --force to overwrite")
         raise RunError(f"{what} {shown!r} already exists; use --force to replace what pyro-vae wrote there")
 
-    if root.is_dir() and not run.is_run() and run.foreign_entries():
+    if root.is_dir() and not run.is_run() and run.foreign_entries() and not earlier_run_files(root):
         refuse_foreign()  # before the lock file: nothing is written into a directory that is not ours
     if resume and not root.is_dir():
         raise RunError(f"run directory {shown!r} does not exist; nothing to resume")
@@ -487,10 +509,12 @@ def open_writer(root: str | os.PathLike[str], *, force: bool, resume: bool, comm
     run.lock(exclusive=True, command=command)
     try:
         if not run.is_run():
-            if run.foreign_entries():  # filled by someone else meanwhile
+            earlier = earlier_run_files(root)  # a run made before manifests: its own files are adopted
+            if run.foreign_entries() and not earlier:  # filled by someone else meanwhile
                 refuse_foreign()
-            run._write_manifest({"files": [], "dirs": [], "runs": []})
-        elif not resume:
+            run._write_manifest({"files": earlier, "dirs": ["figures"] if any("/" in f for f in earlier) else [],
+                                 "runs": []})  # fmt: skip
+        if not resume:
             m = run.read_manifest()
             has_content = m["files"] or m["runs"] or [n for n in run.foreign_entries() if n != MANIFEST]
             if has_content and not force:

@@ -283,8 +283,9 @@ def fit(
     )
     first_step = start_epoch * steps_per_epoch + (int(partial["steps"]) if partial is not None else 0)
     track = (  # TensorBoard / MLflow from rank 0 (pyro_vae/trackers.py)
-        trackers.open_trackers(tcfg.log_to, paths.root, cfg, mlflow_uri=tcfg.mlflow_uri, first_step=first_step,
-                               tracking=tracking)  # fmt: skip
+        trackers.open_trackers(
+            tcfg.log_to, paths.root, cfg, mlflow_uri=tcfg.mlflow_uri, first_step=first_step, tracking=tracking
+        )
         if tcfg.log_to and dctx.is_main
         else trackers.Trackers([])
     )

@@ -336,3 +336,30 @@ def test_force_does_not_follow_a_folder_replaced_by_a_link(tmp_path: Path) -> No
     (out / "figures").symlink_to(elsewhere, target_is_directory=True)
     fit(overrides=FAST, out=out, force=True)
     assert (elsewhere / "loss.png").read_bytes() == b"not the run's"
+
+
+def test_a_run_made_before_manifests_is_adopted_by_resume_and_force(tmp_path: Path, capsys: Any) -> None:
+    """A run directory written by a version without manifests (config.yaml + a pyro-vae checkpoint,
+    no manifest) resumes; --force later removes its run files but never the user's."""
+    run = tmp_path / "run"
+    assert run_cli(command("train", run), capsys) == 0
+    (run / MANIFEST).unlink()  # what such a version left behind
+    (run / "notes.txt").write_text("mine")
+    assert run_cli(command("resume", run), capsys) == 0
+    assert {"config.yaml", "checkpoint.pt", "metrics.jsonl"} <= tool_files(run)
+    assert "notes.txt" not in tool_files(run)
+    assert run_cli(command("force", run), capsys) == 0
+    assert (run / "notes.txt").read_text() == "mine"
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+
+
+def test_a_namesake_config_and_checkpoint_are_not_adopted(tmp_path: Path, capsys: Any) -> None:
+    """config.yaml and checkpoint.pt that pyro-vae did not write make no run: refused, untouched."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("a: 1\n")
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    before = snapshot(run)
+    assert run_cli(command("resume", run), capsys) == 2
+    assert run_cli(command("force", run), capsys) == 2
+    assert snapshot(run) == before
