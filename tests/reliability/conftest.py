@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,24 @@ TINY = [
     "model.network.hidden=[16]",
     "train.device=cpu",
 ]
+
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run of the tiny model, trained once per test module (never modified)."""
+    from pyro_vae import fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(overrides=[*TINY, "train.epochs=1"], out=out)
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`trained` that a test may edit or damage."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
 
 #: Per-epoch numbers that must match exactly between an interrupted+resumed and a straight run.
 EXACT_KEYS = ("epoch", "train_loss", "test_elbo", "test_reconstruction", "test_kl", "valid_elbo", "skipped_steps")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,6 @@ from pyro_vae.errors import MAX_MESSAGE, DataError, SpecError, brief
 from pyro_vae.models.vae import build_model
 
 from .conftest import TINY, as_sets, one_clear_line
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bad_input2") / "run"
-    fit(overrides=[*TINY, "train.epochs=1"], out=out)
-    return out
-
-
-@pytest.fixture
-def run(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def _exit2(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

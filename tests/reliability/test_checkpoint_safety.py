@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,10 @@ import pytest
 import torch
 import yaml
 
-from pyro_vae import checkpoint, cli, fit, load_run, spec
+from pyro_vae import checkpoint, cli, load_run, spec
 from pyro_vae.errors import RunError
 
-from .conftest import TINY, one_clear_line
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    fit(overrides=[*TINY, "train.epochs=1"], out=out)
-    return out
-
-
-@pytest.fixture
-def run(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
+from .conftest import one_clear_line
 
 
 class _Touch:

@@ -30,7 +30,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae import cli, fit
+from pyro_vae import cli
 from pyro_vae.registry import REGISTRY
 
 from .conftest import TINY, as_sets
@@ -47,12 +47,6 @@ USER_FILES = {
     "other/notes.md": b"# a directory that is not a run\n",
 }
 
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz") / "run"
-    fit(overrides=[*TINY, "train.epochs=1"], out=out)
-    return out
 
 
 @contextlib.contextmanager
