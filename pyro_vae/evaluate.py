@@ -60,6 +60,18 @@ class Measure:
             return "point_score" if self.normalized else "point_cross_entropy"
         return "log_likelihood" if self.normalized else "cross_entropy"
 
+    def display_key(self, key: str) -> str:
+        """The name under which a ``metrics.jsonl`` key is shown in progress lines: ``*_elbo`` is a
+        ``*_ce_bound`` on data a Bernoulli likelihood does not normalize, a ``*_point_score`` for a
+        point-mass guide (whose ``test_kl`` is the prior penalty -log p(z))."""
+        if self.point_mass:
+            key = key.replace("elbo", "point_score").replace("test_kl", "test_prior_penalty")
+        elif not self.normalized:
+            key = key.replace("elbo", "ce_bound")
+        if not self.normalized and key == "test_reconstruction":
+            key = "test_reconstruction_ce"
+        return key
+
     @classmethod
     def from_kind(cls, kind: str) -> Measure:
         """The measure named by :attr:`kind` (as stored in eval.json and summary.json)."""

@@ -86,7 +86,8 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
     axes[0].legend(fontsize=7)
     if "test_reconstruction" in history[0]:
         axes[1].plot(ep, [-r["test_reconstruction"] for r in history], color="C2")
-        axes[1].set_title(f"test -[{m.label('reconstruction')}]", fontsize=9)
+        rec = "cross-entropy E_q[CE(x, decoder(z))]" if not m.normalized else "-E_q[log p(x|z)]"
+        axes[1].set_title(f"test reconstruction {rec}", fontsize=9)
         axes[2].plot(ep, [r["test_kl"] for r in history], color="C3")
         axes[2].set_title(f"test {m.label('kl')}", fontsize=9)
     from matplotlib.ticker import MaxNLocator

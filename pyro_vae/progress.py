@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
@@ -63,11 +63,13 @@ class Progress:
         interval: float = 60.0,
         plain: bool | None = None,
         stream: TextIO | None = None,
+        names: Callable[[str], str] | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.plain = (not is_interactive(self.stream)) if plain is None else plain
         self.enabled, self.desc, self.epochs, self.steps_per_epoch = enabled, desc, epochs, steps_per_epoch
         self.interval = interval
+        self.names = names or (lambda key: key)  # how a record's key is shown (what the number is)
         self.epoch = start_epoch + 1  # the epoch being trained
         self.n = 0
         self._postfix: dict[str, Any] = {}
@@ -87,7 +89,12 @@ class Progress:
             self._bar.update(n)
             return
         now = time.monotonic()
-        if self.enabled and self.plain and now - self._last_line >= self.interval and self._epoch_steps < self.steps_per_epoch:
+        if (
+            self.enabled
+            and self.plain
+            and now - self._last_line >= self.interval
+            and self._epoch_steps < self.steps_per_epoch
+        ):
             self._last_line = now
             values = " ".join(f"{k}={_value(v)}" for k, v in self._postfix.items() if k != "epoch")
             pct = 100 * self._epoch_steps / max(self.steps_per_epoch, 1)
@@ -106,12 +113,12 @@ class Progress:
     def epoch_end(self, record: Mapping[str, Any]) -> None:
         """One epoch is done: the bar shows its numbers; plain mode prints its line."""
         if self._bar is not None:
-            shown = {name: _value(record[k]) for k, name in (("train_objective", "objective"), ("test_elbo", "test_elbo"))
-                     if k in record}  # fmt: skip
+            shown = {name: _value(record[k]) for k, name in (("train_objective", "objective"),
+                                                              ("test_elbo", self.names("test_elbo"))) if k in record}  # fmt: skip
             self._bar.set_postfix(epoch=record["epoch"], **shown)
         elif self.enabled:
             values = " ".join(
-                f"{k}={_value(v)}"
+                f"{self.names(k)}={_value(v)}"
                 for k, v in record.items()
                 if k not in ("epoch", "seconds", "train_loss") and isinstance(v, (int, float))
             )

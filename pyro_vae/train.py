@@ -28,7 +28,7 @@ from . import distributed as dist_mod  # torchrun: sharding, all-reduce, rank-0 
 from . import spec as spec_mod
 from .data import Dataset
 from .errors import DataError, RunError, SpecError
-from .evaluate import ROW_BUDGET, Measure, PointTerms, point_terms, summarize
+from .evaluate import ROW_BUDGET, Measure, PointTerms, measure_of, point_terms, summarize
 from .models.vae import VAE, build_model
 from .registry import REGISTRY
 from .rundir import (
@@ -280,6 +280,7 @@ def fit(
         start_epoch=start_epoch,
         enabled=tcfg.progress and dctx.is_main,
         interval=tcfg.progress_seconds,
+        names=measure_of(vae, ds.x_test).display_key,  # a cross-entropy bound is not shown as an ELBO
     )
     first_step = start_epoch * steps_per_epoch + (int(partial["steps"]) if partial is not None else 0)
     track = (  # TensorBoard / MLflow from rank 0 (pyro_vae/trackers.py)

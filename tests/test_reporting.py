@@ -111,6 +111,16 @@ def test_measure_rule_for_each_case() -> None:
         assert Measure.from_kind(kind).kind == kind
 
 
+def test_progress_names_of_each_measure() -> None:
+    ll, ce, pm = Measure(), Measure(normalized=False), Measure(point_mass=True)
+    assert [ll.display_key(k) for k in ("test_elbo", "test_reconstruction", "test_kl")] == [
+        "test_elbo", "test_reconstruction", "test_kl"]  # fmt: skip
+    assert [ce.display_key(k) for k in ("test_elbo", "valid_elbo", "test_reconstruction")] == [
+        "test_ce_bound", "valid_ce_bound", "test_reconstruction_ce"]  # fmt: skip
+    assert [pm.display_key(k) for k in ("test_elbo", "test_kl")] == ["test_point_score", "test_prior_penalty"]
+    assert ll.display_key("train_objective") == ce.display_key("train_objective") == "train_objective"
+
+
 def test_labels_of_each_measure() -> None:
     ll, ce, pm = Measure(), Measure(normalized=False), Measure(point_mass=True)
     assert ll.label("elbo") == "ELBO" and ll.label("log_likelihood", 100) == "log p(x) >= L_100"
