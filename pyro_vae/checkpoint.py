@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import RunError
+from .errors import RunError, brief
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 1
@@ -163,10 +163,11 @@ def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - RuntimeError/EOFError/zip errors when truncated or foreign
         reason = " ".join(str(e).split())[:200]
         raise RunError(f"checkpoint {str(path)!r} is unreadable or unsafe ({type(e).__name__}: {reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or not isinstance(state.get("format"), str) or state["format"] != FORMAT:
         raise RunError(f"{str(path)!r} is not a pyro-vae checkpoint")
-    if state.get("version") != VERSION:
-        raise RunError(f"checkpoint {str(path)!r} has version {state.get('version')}; this pyro-vae reads {VERSION}")
+    version = state.get("version")
+    if type(version) is not int or version != VERSION:  # a tensor or a bool here is damage, not a version
+        raise RunError(f"checkpoint {str(path)!r} has version {brief(version)}; this pyro-vae reads {VERSION}")
     problem = layout_problem(state)
     if problem:
         raise RunError(f"checkpoint {str(path)!r} does not match the pyro-vae checkpoint layout: {problem}")

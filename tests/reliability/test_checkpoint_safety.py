@@ -170,3 +170,16 @@ def test_checkpoint_is_plain_data_and_spec_is_yaml(trained: Path) -> None:
     assert spec.resolve(yaml.safe_load(state["config"])) == yaml.safe_load((trained / "config.yaml").read_text())
     # and the checkpoint API agrees with a plain weights_only load
     assert checkpoint.load(trained / "checkpoint.pt")["epoch"] == state["epoch"] == 1
+
+
+@pytest.mark.parametrize("entry", ["format", "version"])
+@pytest.mark.parametrize("value", [torch.tensor([]), torch.tensor([1, 1]), True, 1.0, None, [1]])
+def test_a_damaged_format_or_version_entry_is_one_line(run: Path, entry: str, value: Any) -> None:
+    """The format mark and version are compared by type and value: a tensor there (ambiguous truth
+    value) or a look-alike (True == 1, 1.0 == 1) is damage, reported in one line."""
+    ck = run / "checkpoint.pt"
+    state = torch.load(ck, weights_only=True)
+    state[entry] = value
+    torch.save(state, ck)
+    with pytest.raises(RunError, match="not a pyro-vae checkpoint|has version"):
+        checkpoint.load(ck)
