@@ -488,7 +488,8 @@ def test_hours_of_final_evaluation_are_refused_before_training(
     [["diagnose", "RUN", "--samples", "1000000000", "--nuts", "0", "--sbc", "0"],
      ["diagnose", "RUN", "--sbc", "1000000000", "--nuts", "0", "--points", "3", "--samples", "30"],
      ["gradients", "RUN", "--draws", "1000000000"], ["gradients", "RUN", "--particles", "1000000000"],
-     ["compare", *as_sets(TINY), "--estimators", "trace", "--particles", "1000000000", "--no-snr", "--out", "OUT"]],
+     # 1e12: at 1e9 the tiny model's evaluation is about a day, on either side of the limit by machine speed
+     ["compare", *as_sets(TINY), "--estimators", "trace", "--particles", "1000000000000", "--no-snr", "--out", "OUT"]],
     ids=["psis-samples", "sbc", "gradient-draws", "gradient-particles", "compare-particles"],
 )  # fmt: skip
 def test_other_commands_refuse_what_cannot_fit_or_finish(
