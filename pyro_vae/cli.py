@@ -279,4 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .distributed import exit_process  # under torchrun: leaves without the process group's C++ teardown
+
+    exit_process(main())
