@@ -25,7 +25,7 @@ import functools
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -372,6 +372,20 @@ class RunDir:
         p = self.path(rel)
         atomic_write_text(p, text)
         return p
+
+    def record_existing(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Record files and folders inside the directory that another library already created (with
+        names it chose, e.g. a tracker's event files), so that ``--force`` removes them too."""
+        with self._editing() as m:
+            for f in map(Path, paths):
+                rel = Path(os.path.relpath(os.path.realpath(f), os.path.realpath(self.root)))
+                if not _safe_rel(rel.as_posix()):
+                    raise RunError(f"{str(f)!r} is not a path inside {str(self.root)!r}")
+                for d in [*reversed(rel.parents[:-1])] + ([rel] if f.is_dir() else []):
+                    if d.as_posix() not in m["dirs"]:
+                        m["dirs"].append(d.as_posix())
+                if not f.is_dir() and rel.as_posix() not in m["files"]:
+                    m["files"].append(rel.as_posix())
 
     def add_run(self, rel: str | os.PathLike[str]) -> Path:
         """Record a nested run directory (a comparison's job), cleared through its own manifest."""

@@ -87,17 +87,8 @@ def _record_written(root: Path, files: Iterable[Path]) -> None:
     from .runlock import RunDir
 
     rd = RunDir(root)
-    if not rd.is_run():
-        return
-    with rd._editing() as m:
-        for f in files:
-            rel = Path(os.path.relpath(f, root))
-            folders = [*reversed(rel.parents[:-1])] + ([rel] if f.is_dir() else [])
-            for d in folders:
-                if d.as_posix() not in m["dirs"]:
-                    m["dirs"].append(d.as_posix())
-            if not f.is_dir() and rel.as_posix() not in m["files"]:
-                m["files"].append(rel.as_posix())
+    if rd.is_run():
+        rd.record_existing(files)
 
 
 class _TensorBoard:
