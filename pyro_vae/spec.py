@@ -42,6 +42,10 @@ class TrainConfig:
     lr: PositiveFloat = 1e-3  # learning rate of the torch optimizer
     optimizer: Literal["adam", "adamw", "nadam", "sgd"] = "adam"  # nadam: seed 002's choice
     weight_decay: NonNegativeFloat = 0.0  # decoupled for adamw, L2 otherwise
+    eps: PositiveFloat = 1e-8  # adam, adamw, nadam: the denominator's epsilon (Burda et al. 2015 use 1e-4)
+    # learning rate per epoch (pyro_vae/schedules.py): constant; burda: stage i = 0, 1, ... lasts 3^i epochs
+    # at lr * 10^(-i/7) (Burda et al. 2015); epochs 364 ends after stage 5, 3280 after stage 7
+    lr_schedule: Literal["constant", "burda"] = "constant"
     momentum: Annotated[float, Interval(0, 1, high_open=True)] = 0.0  # sgd only
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
@@ -62,6 +66,11 @@ class TrainConfig:
     # stop when the held-out bound falls more than max(this, 10 x the std of the last 5 epochs) nats
     # below its best so far (pyro_vae/nonfinite.py: check_divergence); 0 turns the guard off
     divergence_nats: NonNegativeFloat = 50.0
+    # learning curve: every curve_every epochs (and at the last), L_K with K = curve_particles on the first
+    # curve_points test points, as curve_ll in metrics.jsonl (its own seeded draws; 0 turns it off)
+    curve_every: NonNegativeInt = 0
+    curve_points: PositiveInt = 1000
+    curve_particles: PositiveInt = 100
     fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
     # torch.compile the training loss (inductor). Off: on this project's 2-core CPU it paid only for
     # some shapes and costs 10-30 s of compilation (benchmarks/README.md, torch.compile); compiled draws

@@ -40,7 +40,7 @@ from .rundir import (
     resolve_device,
     trained_config,
 )
-from .schedules import kl_factor
+from .schedules import kl_factor, lr_factor
 
 pyro.settings.set(module_local_params=True)
 
@@ -82,6 +82,8 @@ def make_optimizer(params: Any, cfg: spec_mod.TrainConfig) -> torch.optim.Optimi
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
         kwargs["momentum"] = cfg.momentum
+    else:
+        kwargs["eps"] = cfg.eps
     params = list(params)
     kwargs.update(fastpath.optimizer_options(_OPTIMIZERS[cfg.optimizer], params))  # fused update where available
     return _OPTIMIZERS[cfg.optimizer](params, **kwargs)
@@ -342,6 +344,8 @@ def fit(
             t0 -= float(partial["seconds"])
             skipped, bad_in_row = int(partial["skipped"]), int(partial["bad_in_row"])
             bar.update(done)
+        for group in optimizer.param_groups:  # train.lr_schedule: a function of the epoch (pyro_vae/schedules.py)
+            group["lr"] = tcfg.lr * lr_factor(tcfg.lr_schedule, epoch)
         batches = source.epoch(gen, skip=done)  # this rank's rows of each global batch (pyro_vae/streaming.py)
         kl_step = (epoch - 1) * steps_per_epoch + done  # global step for train.kl_schedule
         for step, batch in enumerate(stop.batches(gen, batches, skip=done), start=done):
@@ -383,8 +387,11 @@ def fit(
         # (NaN, not 0, when every step was skipped); not the -ELBO under a KL schedule, beta != 1 or an
         # IWAE-type estimator. train_loss is its earlier name, kept for readers of metrics.jsonl.
         objective = float(total) / count if count else math.nan
-        record = {"epoch": epoch, "train_objective": objective, "train_loss": objective, "seconds": seconds}
+        record = {"epoch": epoch, "train_objective": objective, "train_loss": objective, "seconds": seconds,
+                  "lr": optimizer.param_groups[0]["lr"]}
         record.update(dctx.on_main(_epoch_eval, vae, ds))
+        if tcfg.curve_every and (epoch % tcfg.curve_every == 0 or epoch == tcfg.epochs):
+            record.update(dctx.on_main(_curve_eval, vae, ds, tcfg))
         record = dctx.broadcast(record)  # rank 0's timings everywhere: callbacks (budgets) decide alike
         record["skipped_steps"] = skipped
         nonfinite.check_record(record, cfg, paths.checkpoint)  # a blown-up model is never checkpointed
@@ -487,6 +494,20 @@ def _epoch_eval(vae: VAE, ds: Dataset) -> dict[str, float]:
             out["train_elbo"] = float(_one_draw(vae, x, y).elbo.mean())
     vae.train()
     return out
+
+
+def _curve_eval(vae: VAE, ds: Dataset, tcfg: spec_mod.TrainConfig) -> dict[str, float]:
+    """The learning-curve point: mean L_K (K = ``curve_particles``) over the first ``curve_points``
+    test points, with its own seeded draws so that the training's random stream is unchanged."""
+    n = min(len(ds.x_test), tcfg.curve_points)
+    if not n:
+        return {}
+    x, y = ds.x_test[:n], None if ds.y_test is None else ds.y_test[:n]
+    with torch.random.fork_rng(devices=[ds.x_test.device] if ds.x_test.is_cuda else []):
+        torch.manual_seed(0)
+        ll = point_terms(vae, x, y, tcfg.curve_particles, means=False).log_likelihood
+    vae.train()
+    return {"curve_ll": float(ll.mean()), "curve_particles": tcfg.curve_particles, "curve_points": n}
 
 
 #: Training rows behind ``train_elbo`` in metrics.jsonl: the first rows of the training split.

@@ -22,7 +22,8 @@ from pyro_vae.data import load
 from pyro_vae.estimators import log_terms
 from pyro_vae.models.vae import build_model
 from pyro_vae.registry import REGISTRY
-from pyro_vae.schedules import kl_factor
+from pyro_vae.schedules import burda_stage, kl_factor, lr_factor
+from pyro_vae.train import read_metrics
 from pyro_vae.spec import DEFAULT_SPEC, apply_overrides
 
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "structured" / "beta_vae_digits.yaml"
@@ -143,3 +144,50 @@ def test_beta_vae_digits_spec_trains_and_draws_a_traversal(tmp_path: Path) -> No
     res = fit(SPEC, overrides=["train.epochs=1", "train.progress=false", "train.eval_particles=2"], out=tmp_path / "r")
     assert math.isfinite(res.summary["test_elbo"])
     assert (tmp_path / "r" / "figures" / "traversal.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("epoch", "stage"),
+    [(1, 0), (2, 1), (4, 1), (5, 2), (13, 2), (14, 3), (40, 3), (41, 4), (121, 4), (122, 5), (364, 5), (365, 6),
+     (1093, 6), (1094, 7), (3280, 7)],
+)  # fmt: skip
+def test_burda_stage_i_lasts_three_to_the_i_epochs(epoch: int, stage: int) -> None:
+    assert burda_stage(epoch) == stage
+    assert lr_factor("burda", epoch) == pytest.approx(10 ** (-stage / 7))
+    assert lr_factor("constant", epoch) == 1.0
+
+
+def test_burda_stage_lengths_sum_to_the_papers_epochs() -> None:
+    counts = [0] * 8
+    for e in range(1, 3281):
+        counts[burda_stage(e)] += 1
+    assert counts == [3**i for i in range(8)] and sum(counts[:6]) == 364
+
+
+def test_lr_schedule_and_eps_reach_the_optimizer_and_survive_resume(tmp_path: Path) -> None:
+    sets = ["train.epochs=5", "train.batch_size=64", "data.limit=128", "model.network.hidden=[8]",
+            "train.progress=false", "train.figures=false", "train.eval_particles=1", "train.lr=0.01",
+            "train.lr_schedule=burda", "train.eps=0.0001", "train.curve_every=2", "train.curve_points=16",
+            "train.curve_particles=3"]  # fmt: skip
+    full = fit(None, overrides=sets, out=tmp_path / "full")
+    rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * lr_factor("burda", e) for e in range(1, 6)])
+    # the curve: every 2nd epoch and the last, L_3 on the first 16 test points
+    assert [r["epoch"] for r in rows if "curve_ll" in r] == [2, 4, 5]
+    assert all(r["curve_particles"] == 3 and r["curve_points"] == 16 for r in rows if "curve_ll" in r)
+    # stopping after 3 epochs and resuming gives the same learning rates, curve and parameters
+    fit(None, overrides=[*sets[1:], "train.epochs=3"], out=tmp_path / "part")
+    resumed = fit(None, overrides=sets, out=tmp_path / "part", resume=True)
+    again = read_metrics(tmp_path / "part" / "metrics.jsonl")
+    assert [r["lr"] for r in again] == [r["lr"] for r in rows]
+    assert [r.get("curve_ll") for r in again[3:]] == [r.get("curve_ll") for r in rows[3:]]
+    for a, b in zip(full.vae.parameters(), resumed.vae.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_adam_eps_is_the_specs(tmp_path: Path) -> None:
+    from pyro_vae.spec import TrainConfig
+    from pyro_vae.train import make_optimizer
+
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(eps=1e-4))
+    assert opt.param_groups[0]["eps"] == 1e-4
