@@ -7,6 +7,10 @@
 
 import pyro as _pyro
 
+from . import _compat
+
+_compat.install()  # old import paths of modules that moved into subpackages, with a DeprecationWarning
+
 _pyro.settings.set(module_local_params=True)
 
 from .compare import CompareOptions, compare
