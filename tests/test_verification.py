@@ -35,7 +35,7 @@ from typing import Any
 import pyro
 import pytest
 import torch
-from test_priors import _grid_mass
+from tests.test_priors import _grid_mass
 
 from pyro_vae.errors import DataError, SpecError
 from pyro_vae.models.linear import exact_log_marginal, linear_decoder_parameters
