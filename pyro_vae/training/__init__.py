@@ -1,0 +1,1 @@
+"""Training: the SVI loop over an explicit training state, its step, schedules, guards and signals."""
