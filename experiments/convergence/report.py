@@ -1,0 +1,175 @@
+"""Tables and learning curves of the convergence experiment (run with ``run.py report``).
+
+Reads ``runs/ROW/metrics.jsonl`` (per-epoch curve), ``results/ROW.json`` (per-image L_5000) and
+``cpu_seconds.json``; writes ``results/tables.md``, ``results/summary.json`` and ``figures/curves.png``.
+Rows still training or still being evaluated are reported as such, with the epochs they have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RUNS, RESULTS, FIGURES, CPU = HERE / "runs", HERE / "results", HERE / "figures", HERE / "cpu_seconds.json"
+
+#: Burda et al. (2015), Table 1, MNIST, one stochastic layer: -log p(x) by L_5000 after 3,280 epochs.
+PAPER = {"vae_k1": 86.76, "vae_k5": 86.47, "vae_k50": 86.35, "iwae_k5": 85.54, "iwae_k50": 84.78}
+TABLE = [  # row, estimator, K
+    ("vae_k1", "VAE (trace)", 1), ("vae_k5", "VAE (trace)", 5), ("iwae_k5", "IWAE", 5), ("dreg_k5", "IWAE-DReG", 5),
+    ("stl_k1", "VAE-STL", 1), ("meanfield_k1", "VAE, analytic KL", 1), ("iwae_k50", "IWAE", 50),
+    ("vae_k50", "VAE (trace)", 50),
+]  # fmt: skip
+ZOO = [
+    ("zoo_standard", "N(0, I)", "diagonal"), ("zoo_learned", "learned normal", "diagonal"),
+    ("zoo_mixture", "mixture (100)", "diagonal"), ("zoo_vamp", "VampPrior (100)", "diagonal"),
+    ("zoo_flow_prior", "flow (2 MAF)", "diagonal"), ("zoo_full_rank", "N(0, I)", "full rank"),
+    ("zoo_low_rank", "N(0, I)", "low rank"), ("zoo_flow_guide", "N(0, I)", "flow (IAF)"),
+]  # fmt: skip
+STAGE_ENDS = [1, 4, 13, 40, 121, 364, 1093, 3280]  # last epoch of each stage of Burda et al.'s schedule
+REFERENCE = "vae_k1"  # paired differences are taken against this row
+
+
+def _metrics(row: str) -> list[dict[str, Any]]:
+    p = RUNS / row / "metrics.jsonl"
+    return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
+
+
+def _wanted(row: str) -> int:
+    cfg = RUNS / row / "config.yaml"
+    if not cfg.exists():
+        return 364
+    import yaml
+
+    return int(yaml.safe_load(cfg.read_text())["train"]["epochs"])
+
+
+def _mean_se(v: list[float]) -> tuple[float, float]:
+    n = len(v)
+    m = sum(v) / n
+    return m, (math.sqrt(sum((a - m) ** 2 for a in v) / (n - 1) / n) if n > 1 else math.nan)
+
+
+def _row(row: str, cpu: dict[str, Any], ref: list[float] | None) -> dict[str, Any]:
+    ms = _metrics(row)
+    out: dict[str, Any] = {"row": row, "epochs": ms[-1]["epoch"] if ms else 0, "of": _wanted(row)}
+    if ms:
+        out["test_elbo_1"] = ms[-1].get("test_elbo")
+        curve = [(r["epoch"], r["curve_ll"]) for r in ms if "curve_ll" in r]
+        if curve:
+            out["curve_last"] = curve[-1]
+    c = cpu.get(row, {})
+    out["cpu_hours_train"] = c.get("train", 0.0) / 3600
+    out["cpu_hours_eval"] = c.get("evaluate", 0.0) / 3600
+    ev = RESULTS / f"{row}.json"
+    if ev.exists():
+        doc = json.loads(ev.read_text())
+        ll = doc["ll"]
+        out["eval_images"] = len(ll)
+        out["eval_epoch"] = doc["key"]["epoch"]
+        if len(ll) == 10000:
+            out["nll"], out["nll_se"] = (-m for m in _mean_se(ll))
+            out["nll_se"] = abs(out["nll_se"])
+            if ref is not None and row != REFERENCE:
+                out["gain_vs_ref"], out["gain_vs_ref_se"] = _mean_se([a - b for a, b in zip(ll, ref, strict=True)])
+    return out
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def _status(r: dict[str, Any]) -> str:
+    if "nll" in r:
+        return f"{r['epochs']} of {r['of']}"
+    if not r["epochs"]:
+        return "not started"
+    state = f"{r['epochs']} of {r['of']}" + (" (training)" if r["epochs"] < r["of"] else "")
+    if r.get("eval_images"):
+        state += f", L_5000 on {r['eval_images']} of 10,000 images"
+    return state
+
+
+def report() -> int:
+    cpu = json.loads(CPU.read_text()) if CPU.exists() else {}
+    ref_doc = RESULTS / f"{REFERENCE}.json"
+    ref = json.loads(ref_doc.read_text())["ll"] if ref_doc.exists() else None
+    ref = ref if ref is not None and len(ref) == 10000 else None
+    rows = {r: _row(r, cpu, ref) for r, _, _ in TABLE}
+    zoo = {r: _row(r, cpu, None) for r, _, _ in ZOO}
+    lines = [
+        "| row | estimator | K | epochs | -L_5000 (nats) ± SE | Burda et al. (3,280 epochs) | ours - paper | "
+        "L_5000 gain over VAE k=1 (paired) | -ELBO (1 draw) | L_100 curve (1,000 images) | CPU h (train + eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, name, k in TABLE:
+        r = rows[row]
+        paper = PAPER.get(row)
+        gap = _fmt(r["nll"] - paper) if "nll" in r and paper else ""
+        gain = f"{r['gain_vs_ref']:.2f} ± {r['gain_vs_ref_se']:.2f}" if "gain_vs_ref" in r else ""
+        nll = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if "nll" in r else ""
+        curve = f"{-r['curve_last'][1]:.2f} (epoch {r['curve_last'][0]})" if "curve_last" in r else ""
+        elbo = _fmt(-r["test_elbo_1"]) if r.get("test_elbo_1") is not None else ""
+        cpu_h = f"{r['cpu_hours_train']:.2f} + {r['cpu_hours_eval']:.2f}"
+        lines.append(f"| {row} | {name} | {k} | {_status(r)} | {nll} | {_fmt(paper)} | {gap} | {gain} | {elbo} | "
+                     f"{curve} | {cpu_h} |")  # fmt: skip
+    lines += [
+        "",
+        "| row | prior | guide | epochs | -L_5000 (nats) ± SE | -ELBO (1 draw) | L_100 curve (1,000 images) | "
+        "CPU h (train + eval) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, prior, guide in ZOO:
+        r = zoo[row]
+        nll = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if "nll" in r else ""
+        curve = f"{-r['curve_last'][1]:.2f} (epoch {r['curve_last'][0]})" if "curve_last" in r else ""
+        elbo = _fmt(-r["test_elbo_1"]) if r.get("test_elbo_1") is not None else ""
+        lines.append(f"| {row} | {prior} | {guide} | {_status(r)} | {nll} | {elbo} | {curve} | "
+                     f"{r['cpu_hours_train']:.2f} + {r['cpu_hours_eval']:.2f} |")  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tables.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "summary.json").write_text(json.dumps({"table": rows, "zoo": zoo}, indent=1) + "\n")
+    _figure([*TABLE], "curves.png", "IWAE table rows (tanh MLP)", paper=True)
+    _figure([*ZOO], "curves_zoo.png", "component zoo (ReLU MLP, KL warm-up over 100 epochs)", paper=False)
+    print("\n".join(lines))
+    return 0
+
+
+def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for row, label, extra in rows:
+        pts = [(r["epoch"], -r["curve_ll"]) for r in _metrics(row) if "curve_ll" in r]
+        if not pts:
+            continue
+        x, y = zip(*pts, strict=True)
+        line = ax.plot(x, y, marker=".", ms=3, lw=1.2, label=f"{row}: {label} {extra}")[0]
+        drawn += 1
+        if paper and row in PAPER:
+            ax.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
+    if not drawn:
+        plt.close(fig)
+        return
+    for e in STAGE_ENDS[:6]:
+        ax.axvline(e, color="0.55", ls=":", lw=0.8, zorder=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch (log scale; grey lines: ends of the learning-rate stages)")
+    ax.set_ylabel("-L_100 on the first 1,000 test images (nats)")
+    lo = min(min(-r["curve_ll"] for r in _metrics(row) if "curve_ll" in r) for row, _, _ in rows if _metrics(row)
+             and any("curve_ll" in r for r in _metrics(row)))  # fmt: skip
+    ax.set_ylim(min(lo, min(PAPER.values()) if paper else lo) - 1, lo + 25)
+    subtitle = "dashed: Burda et al.'s final -L_5000 (all test images, 3,280 epochs), same colour" if paper else ""
+    ax.set_title(f"Learning curves: {title}\n{subtitle}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    FIGURES.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIGURES / name, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,203 @@
+"""Results at convergence: the IWAE estimator table and the component zoo at a truncated paper schedule.
+
+    PYRO_VAE_DATA=/path/to/data python experiments/convergence/run.py train vae_k1 iwae_k5
+    PYRO_VAE_DATA=/path/to/data python experiments/convergence/run.py evaluate vae_k1
+    python experiments/convergence/run.py report
+    python experiments/convergence/run.py status
+
+Every row is one ``pyro-vae train`` run directory under ``runs/ROW`` (config, checkpoint, metrics),
+kept in the repository while it is in progress, so that ``train ROW`` continues it with ``--resume`` on
+any machine. ``train`` restarts a run that stopped for a reason other than a user error (a killed
+process, a signal) until it has all its epochs. ``evaluate`` scores L_5000 on all 10,000 test images in
+chunks, writing ``results/ROW.json`` (per-image values) after every chunk, so it resumes too. CPU time
+(user + system of the child processes) is added up per row and step in ``cpu_seconds.json``.
+``report`` writes ``results/tables.md`` and ``figures/curves.png`` from whatever is finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+RESULTS = HERE / "results"
+FIGURES = HERE / "figures"
+CPU = HERE / "cpu_seconds.json"
+
+#: row -> (spec file, overrides). Table 1 of Burda et al. (2015) rows, then the zoo.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "vae_k1": ("iwae.yaml", ["elbo.kind=trace", "elbo.num_particles=1"]),
+    "meanfield_k1": ("iwae.yaml", ["elbo.kind=meanfield", "elbo.num_particles=1"]),
+    "iwae_k5": ("iwae.yaml", ["elbo.kind=iwae", "elbo.num_particles=5"]),
+    "vae_k5": ("iwae.yaml", ["elbo.kind=trace", "elbo.num_particles=5"]),
+    "stl_k1": ("iwae.yaml", ["elbo.kind=stl", "elbo.num_particles=1"]),
+    "dreg_k5": ("iwae.yaml", ["elbo.kind=dreg", "elbo.num_particles=5"]),
+    "iwae_k50": ("iwae.yaml", ["elbo.kind=iwae", "elbo.num_particles=50"]),
+    "vae_k50": ("iwae.yaml", ["elbo.kind=trace", "elbo.num_particles=50"]),
+    "zoo_standard": ("zoo.yaml", []),
+    "zoo_learned": ("zoo.yaml", ["model.prior.kind=learned_normal"]),
+    "zoo_mixture": ("zoo.yaml", ["model.prior.kind=mixture"]),
+    "zoo_vamp": ("zoo.yaml", ["model.prior.kind=vamp"]),
+    "zoo_flow_prior": ("zoo.yaml", ["model.prior.kind=flow"]),
+    "zoo_full_rank": ("zoo.yaml", ["guide.kind=full_rank"]),
+    "zoo_low_rank": ("zoo.yaml", ["guide.kind=low_rank"]),
+    "zoo_flow_guide": ("zoo.yaml", ["guide.kind=flow"]),
+}
+EVAL_PARTICLES = 5000
+EVAL_CHUNK = 250  # test images per saved chunk of the L_5000 evaluation
+#: restart the evaluation process above this resident set (GiB); the chunks done so far are kept
+EVAL_RSS_GIB = 8.0
+
+
+def _cpu_add(row: str, step: str, seconds: float) -> None:
+    doc = json.loads(CPU.read_text()) if CPU.exists() else {}
+    doc.setdefault(row, {}).setdefault(step, 0.0)
+    doc[row][step] = round(doc[row][step] + seconds, 1)
+    tmp = CPU.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    tmp.replace(CPU)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _epochs_done(row: str) -> int:
+    metrics = RUNS / row / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    lines = [json.loads(s) for s in metrics.read_text().splitlines() if s.strip()]
+    return max((int(r["epoch"]) for r in lines), default=0)
+
+
+def _epochs_wanted(row: str) -> int:
+    import yaml
+
+    spec, _ = ROWS[row]
+    return int(yaml.safe_load((HERE / spec).read_text())["train"]["epochs"])
+
+
+def train(rows: list[str], tries: int) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for row in rows:
+        spec, sets = ROWS[row]
+        for attempt in range(tries):
+            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row):
+                print(f"{row}: done ({_epochs_done(row)} epochs)", flush=True)
+                break
+            resume = (RUNS / row / "checkpoint.pt").exists()
+            cmd = [sys.executable, "-m", "pyro_vae", "train", str(HERE / spec), "--out", str(RUNS / row)]
+            cmd += [a for s in sets for a in ("--set", s)] + (["--resume"] if resume else ["--force"])
+            print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
+                  f"(attempt {attempt + 1})", flush=True)  # fmt: skip
+            before = _children_cpu()
+            rc = subprocess.run(cmd, env=env).returncode
+            _cpu_add(row, "train", _children_cpu() - before)
+            if rc == 2:  # a user error (spec, data): retrying cannot help
+                print(f"{row}: stopped with a user error; see above", flush=True)
+                return 2
+            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row):
+                break
+            time.sleep(5)
+    return 0
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def evaluate(rows: list[str], which: str) -> int:
+    import torch
+
+    from pyro_vae.evaluate import point_terms
+    from pyro_vae.rundir import load_run
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    RESULTS.mkdir(exist_ok=True)
+    for row in rows:
+        out = RESULTS / f"{row}.json"
+        doc = json.loads(out.read_text()) if out.exists() else None
+        run = load_run(RUNS / row, device="cpu", which=which)
+        key = {"checkpoint": which, "epoch": run.epoch, "particles": EVAL_PARTICLES, "chunk": EVAL_CHUNK}
+        if doc is None or doc.get("key") != key:
+            doc = {"row": row, "key": key, "measure": "log p(x) lower bound L_K (importance sampled)",
+                   "ll": [], "elbo": [], "seconds": 0.0}  # fmt: skip
+        x, y = run.data.split("test")
+        while len(doc["ll"]) < len(x):
+            s = len(doc["ll"])
+            t0, c0 = time.perf_counter(), time.process_time()
+            torch.manual_seed(1_000_003 * (s // EVAL_CHUNK) + 17)  # the draws of a chunk are fixed by its position
+            xs = x[s : s + EVAL_CHUNK]
+            t = point_terms(run.vae, xs, None if y is None else y[s : s + EVAL_CHUNK], EVAL_PARTICLES, means=False)
+            doc["ll"] += [round(v, 5) for v in t.log_likelihood.tolist()]
+            doc["elbo"] += [round(v, 5) for v in t.elbo.tolist()]
+            doc["seconds"] = round(doc["seconds"] + time.perf_counter() - t0, 1)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc) + "\n")
+            tmp.replace(out)
+            n = len(doc["ll"])
+            _cpu_add(row, "evaluate", time.process_time() - c0)
+            print(f"{row}: L_{EVAL_PARTICLES} on {n}/{len(x)} test images, mean {sum(doc['ll']) / n:.3f} "
+                  f"({doc['seconds']:.0f} s, rss {_rss_gib():.1f} GiB)", flush=True)  # fmt: skip
+            if _rss_gib() > EVAL_RSS_GIB and n < len(x):  # fresh process; the chunks so far are on disk
+                print(f"{row}: resident set above {EVAL_RSS_GIB} GiB; restarting the process", flush=True)
+                os.execv(sys.executable, [sys.executable, __file__, "evaluate", "--checkpoint", which, *rows])
+    return 0
+
+
+def _mean_se(v: list[float]) -> tuple[float, float]:
+    n = len(v)
+    m = sum(v) / n
+    var = sum((a - m) ** 2 for a in v) / (n - 1) if n > 1 else math.nan
+    return m, math.sqrt(var / n)
+
+
+def status() -> int:
+    cpu = json.loads(CPU.read_text()) if CPU.exists() else {}
+    for row in ROWS:
+        ev = RESULTS / f"{row}.json"
+        n = len(json.loads(ev.read_text())["ll"]) if ev.exists() else 0
+        c = cpu.get(row, {})
+        print(f"{row:16s} epochs {_epochs_done(row):4d}/{_epochs_wanted(row)}  L_5000 images {n:5d}  "
+              f"cpu train {c.get('train', 0) / 3600:.2f} h  evaluate {c.get('evaluate', 0) / 3600:.2f} h")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("rows", nargs="+", choices=list(ROWS))
+    t.add_argument("--tries", type=int, default=20, help="restarts of a run that did not finish (default 20)")
+    e = sub.add_parser("evaluate")
+    e.add_argument("rows", nargs="+", choices=list(ROWS))
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    sub.add_parser("report")
+    sub.add_parser("status")
+    a = p.parse_args(argv)
+    if a.cmd == "train":
+        return train(a.rows, a.tries)
+    if a.cmd == "evaluate":
+        return evaluate(a.rows, a.checkpoint)
+    if a.cmd == "status":
+        return status()
+    from report import report  # experiments/convergence/report.py
+
+    return report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
