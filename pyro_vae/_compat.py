@@ -21,6 +21,11 @@ MOVED: dict[str, str] = {
     # training/
     # rundir/
     # data/
+    "pyro_vae.celeba": "pyro_vae.data.celeba",
+    "pyro_vae.hf_data": "pyro_vae.data.hf",
+    "pyro_vae.image_cache": "pyro_vae.data.image_cache",
+    "pyro_vae.image_folder": "pyro_vae.data.image_folder",
+    "pyro_vae.streaming": "pyro_vae.data.streaming",
     # evaluation/
     # compare/, diagnostics/, plots/, cli/
     # models/
@@ -47,10 +52,40 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__spec__ = self._spec  # the module keeps its own identity (name, origin) for reload and pickling
 
 
+class Package(ModuleType):
+    """The class of the top-level package: importing an old path never replaces a function of the same name.
+
+    After a submodule is imported, the import system binds it as an attribute of its parent. For an old
+    path of :data:`MOVED` whose name is also a top-level function (``pyro_vae.evaluate``), that would turn
+    ``pyro_vae.evaluate`` from the function into a module for everyone; this class keeps the function.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        current = self.__dict__.get(name)
+        moved = f"{self.__name__}.{name}" in MOVED
+        if moved and isinstance(value, ModuleType) and current is not None and not isinstance(current, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+class CallableModule(ModuleType):
+    """A module that, for one release, can still be called as the function its name used to be.
+
+    ``pyro_vae.compare`` was a function and is now the subpackage; ``pyro_vae.compare(...)`` warns with a
+    ``DeprecationWarning`` and calls ``pyro_vae.compare.compare(...)``.
+    """
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        name = self.__name__.rpartition(".")[2]
+        warnings.warn(f"calling the module {self.__name__} is deprecated; call {self.__name__}.{name}(...) "
+                      f"(from {self.__name__} import {name})", DeprecationWarning, stacklevel=2)  # fmt: skip
+        return getattr(self, name)(*args, **kwargs)
+
+
 def install() -> None:
     """Put the finder on ``sys.meta_path`` once (called by ``pyro_vae/__init__.py``)."""
     if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _MovedModuleFinder())
 
 
-__all__ = ["MOVED", "install"]
+__all__ = ["MOVED", "CallableModule", "Package", "install"]

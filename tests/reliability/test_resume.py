@@ -107,7 +107,7 @@ def _signal_at(monkeypatch: pytest.MonkeyPatch, at_step: int, signum: int) -> li
             seen[0] += 1
             yield idx
 
-    monkeypatch.setattr(data_mod, "batches", batches)
+    monkeypatch.setattr(data_mod.dataset, "batches", batches)  # the module the batch order calls
     return seen
 
 
@@ -205,7 +205,7 @@ def test_second_signal_aborts_at_once_keeping_the_last_checkpoint(
                 os.kill(os.getpid(), signal.SIGINT)
             yield idx
 
-    monkeypatch.setattr(data_mod, "batches", batches)
+    monkeypatch.setattr(data_mod.dataset, "batches", batches)  # the module the batch order calls
     with pytest.raises(KeyboardInterrupt):
         fit(overrides=TINY, out=out)
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1  # the last one written, whole

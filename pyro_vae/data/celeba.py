@@ -5,7 +5,7 @@ Reads torchvision's layout under the data root (``data.root`` or ``$PYRO_VAE_DAT
     ROOT/celeba/img_align_celeba/*.jpg      the 202,599 aligned faces (any .jpg/.png/.webp works)
     ROOT/celeba/list_eval_partition.txt     optional: "NAME.jpg 0|1|2" = train/valid/test
 
-Decoding, cropping, resizing and the on-disk cache are :mod:`pyro_vae.image_folder`'s (Pillow and
+Decoding, cropping, resizing and the on-disk cache are :mod:`pyro_vae.data.image_folder`'s (Pillow and
 torchvision's ``transforms.v2.functional``), not ``torchvision.datasets.CelebA``, which also insists on
 attribute/landmark files and their MD5 sums that a generative model does not need. ``download: true``
 asks torchvision to fetch the files (Google Drive; usually rate-limited). Without a partition file, a
@@ -19,12 +19,12 @@ import contextlib
 import os
 from pathlib import Path
 
-from ._typing import NonNegativeInt, PositiveInt
-from .data import Splits, data_root
-from .errors import DataError
+from .._typing import NonNegativeInt, PositiveInt
+from ..errors import DataError
+from ..registry import register
+from .dataset import Splits, data_root
 from .image_cache import Transform
 from .image_folder import image_splits, scan, seeded_test_split
-from .registry import register
 
 
 def _partition(folder: Path) -> dict[str, int] | None:

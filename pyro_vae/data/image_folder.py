@@ -9,7 +9,7 @@ Layouts (``.jpg``, ``.jpeg``, ``.png``, ``.webp``; names starting with a dot are
                                        (``val/`` or ``validation/`` also name the valid split)
 
 Without a valid folder, ``data.valid_size`` holds out the end of the (shuffled) training split.
-Every image becomes ``channels`` x ``size`` x ``size`` 8-bit pixels (:mod:`pyro_vae.image_cache`:
+Every image becomes ``channels`` x ``size`` x ``size`` 8-bit pixels (:mod:`pyro_vae.data.image_cache`:
 converted, centre-cropped, resized, decoded on all cores and cached on disk); the splits are ``uint8``
 tensors that the training loop turns into floats ``x / 255`` one batch at a time, so the 8-bit
 likelihoods (``categorical``, ``discretized_logistic``) apply and memory is a quarter of float32.
@@ -25,11 +25,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._typing import NonNegativeInt, PositiveFloat, PositiveInt
-from .data import SPLIT_SEED, Splits
-from .errors import DataError
+from .._typing import NonNegativeInt, PositiveFloat, PositiveInt
+from ..errors import DataError
+from ..registry import register
+from .dataset import SPLIT_SEED, Splits
 from .image_cache import Transform, decoded, file_entries, fingerprint
-from .registry import register
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _VALID_NAMES = ("valid", "val", "validation")
@@ -133,7 +133,7 @@ def check_folder(path: str, option: str = "data.path") -> Path:
 @register("data", "image_folder")
 def image_folder(
     *,
-    path: str,  # the folder (layouts in pyro_vae/image_folder.py)
+    path: str,  # the folder (layouts in pyro_vae/data/image_folder.py)
     size: PositiveInt = 64,  # output side in pixels
     crop: ImageCrop = "center",  # center: largest centred square; none: squash to size x size; N: centred N x N
     channels: Literal[1, 3] = 3,  # 1: greyscale (ITU-R 601-2 luma), 3: RGB
@@ -152,7 +152,9 @@ def image_folder(
         if "test" not in subdirs:
             raise DataError(f"image_folder: {str(folder)!r} has a train/ folder but no test/ folder")
         if len(valid_dirs) > 1:
-            raise DataError(f"image_folder: {str(folder)!r} has {' and '.join(d.name + '/' for d in valid_dirs)}; keep one")
+            raise DataError(
+                f"image_folder: {str(folder)!r} has {' and '.join(d.name + '/' for d in valid_dirs)}; keep one"
+            )
         dirs = [subdirs["train"], valid_dirs[0] if valid_dirs else None, subdirs["test"]]
         parts = [([], None) if d is None else _folder_images(d, labels) for d in dirs]
         for (files, _), d in zip(parts, dirs):
@@ -165,9 +167,7 @@ def image_folder(
     else:
         files, names = _folder_images(folder, labels)
         if not files:
-            raise DataError(
-                f"image_folder: no {'/'.join(SUFFIXES)} images in {str(folder)!r} or its sub-folders"
-            )
+            raise DataError(f"image_folder: no {'/'.join(SUFFIXES)} images in {str(folder)!r} or its sub-folders")
         train_i, test_i = seeded_test_split(len(files), test_size, "images")
         parts = [([files[i] for i in train_i], None if names is None else [names[i] for i in train_i]), ([], None),
                  ([files[i] for i in test_i], None if names is None else [names[i] for i in test_i])]  # fmt: skip

@@ -57,7 +57,10 @@ def test_file_sections_replace_default_sections_whole(tmp_path):
         (["train.epochs=two"], "train.epochs: 'two' is not valid; expected an integer"),
         (["elbo.kind=iwae", "elbo.num_particles=0"], "elbo.num_particles: 0 is out of range; must be >= 1"),
         (["model.latent_dim=0"], "model.latent_dim: 0 is out of range"),
-        (["train.optimizer=adagrad"], "train.optimizer: 'adagrad' is not valid; valid choices: adam, adamw, nadam, sgd"),
+        (
+            ["train.optimizer=adagrad"],
+            "train.optimizer: 'adagrad' is not valid; valid choices: adam, adamw, nadam, sgd",
+        ),
         (["train.lr=0"], "train.lr: 0 is out of range; must be > 0"),
         (["data.binarize=yes"], "data.binarize"),
         (["elbo.kind=renyi", "elbo.alpha=1"], "elbo.alpha: 1 is the plain ELBO"),

@@ -82,7 +82,10 @@ def test_components_lists_every_group(capsys):
 
 def test_console_script_subprocess_exit_code(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "pyro_vae", "train", "--set", "train.epochs=x"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "pyro_vae", "train", "--set", "train.epochs=x"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert r.returncode == 2
     assert r.stderr.strip() == "pyro-vae: error: train.epochs: 'x' is not valid; expected an integer"
@@ -94,7 +97,7 @@ def test_readme_components_listing_is_the_commands_output():
 
     from pyro_vae.components import listing
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = text.index("```\nprior: priors p(z)") + 4
     block = text[start : text.index("```", start)]
     assert block == "".join(listing(g) for g in ("prior", "guide", "likelihood", "network"))

@@ -13,7 +13,7 @@ split a seeded ``test_size`` of the training rows (or of all rows) is the test s
 valid split ``data.valid_size`` holds out the end of the training split.
 
 ``image_column`` holds either images (the ``datasets.Image`` feature: encoded bytes or a file path;
-decoded, converted, cropped, resized and cached as for ``image_folder``, see :mod:`pyro_vae.image_cache`)
+decoded, converted, cropped, resized and cached as for ``image_folder``, see :mod:`pyro_vae.data.image_cache`)
 or numbers (fixed-size lists/arrays, read with the ``npz`` rule: ``uint8`` = 8-bit pixels, anything else
 as float32). ``label_column`` (``auto``: ``label`` or ``labels`` when present) holds integer classes or
 strings (numbered in sorted order). ``datasets`` is an optional extra: ``pip install "pyro-vae[hf]"``.
@@ -28,12 +28,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._typing import NonNegativeInt, PositiveFloat, PositiveInt
-from .data import Splits, points_from_array
-from .errors import DataError
+from .._typing import NonNegativeInt, PositiveFloat, PositiveInt
+from ..errors import DataError
+from ..registry import register
+from .dataset import Splits, points_from_array
 from .image_cache import Transform, decoded, file_entries, fingerprint
 from .image_folder import ImageCrop, seeded_test_split
-from .registry import register
 
 _SPLITS = {"train": "train", "test": "test", "validation": "valid", "valid": "valid", "val": "valid"}
 INSTALL = 'pip install "pyro-vae[hf]"'
@@ -63,7 +63,9 @@ def _tables(p: Path) -> dict[str, Any]:
         try:
             loaded = datasets.load_from_disk(str(p))
         except Exception as e:  # noqa: BLE001  FileNotFoundError, json/arrow errors for a damaged directory
-            raise DataError(f"data.path: {str(p)!r} is not a readable saved dataset ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"data.path: {str(p)!r} is not a readable saved dataset ({type(e).__name__}: {e})"
+            ) from None
         parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"all": loaded}
         out: dict[str, Any] = {}
         for name, ds in parts.items():
@@ -91,7 +93,9 @@ def _tables(p: Path) -> dict[str, Any]:
         return {s: pq.read_table([str(f) for f in fs]) if len(fs) > 1 else pq.read_table(str(fs[0]))
                 for s, fs in groups.items()}  # fmt: skip
     except Exception as e:  # noqa: BLE001  pyarrow.ArrowInvalid and OSError for a damaged file
-        raise DataError(f"data.path: cannot read the parquet files under {str(p)!r} ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"data.path: cannot read the parquet files under {str(p)!r} ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _column(table: Any, name: str, option: str, where: str) -> Any:
@@ -160,7 +164,11 @@ def hf(
     # rows of each split: (split name, row indices into that table)
     if "train" in tables or "all" in tables:
         base = "train" if "train" in tables else "all"
-        rows: dict[str, list[tuple[str, Sequence[int]]]] = {"train": [(base, range(len(tables[base])))], "valid": [], "test": []}
+        rows: dict[str, list[tuple[str, Sequence[int]]]] = {
+            "train": [(base, range(len(tables[base])))],
+            "valid": [],
+            "test": [],
+        }
         if "valid" in tables:
             rows["valid"] = [("valid", range(len(tables["valid"])))]
         if "test" in tables:
@@ -195,7 +203,9 @@ def hf(
             dtype = np.dtype(leaf.to_pandas_dtype())
             parts = [np.asarray(cols[name].take(list(idx)).to_pylist(), dtype=dtype) for _, (name, idx) in order]
         except Exception as e:  # noqa: BLE001  ragged lists (arrays of unequal length), non-numeric elements
-            raise DataError(f"data.image_column: {image_column!r} does not hold equal-size numeric arrays ({e})") from None
+            raise DataError(
+                f"data.image_column: {image_column!r} does not hold equal-size numeric arrays ({e})"
+            ) from None
         if any(a.dtype.kind not in "biuf" for a in parts):
             raise DataError(f"data.image_column: {image_column!r} holds neither images nor numbers")
         x_all = points_from_array(np.concatenate(parts), image_column)

@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 try:
     import fcntl
@@ -126,7 +126,9 @@ def decode_all(
     chunk = max(16, min(256, -(-n // (procs * 4)))) if procs > 1 else max(n, 1)
     failed: list[tuple[int, str]] = []
     if procs <= 1:
-        results: Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]] = map(_decode_chunk, _chunks(sources, t, chunk))
+        results: Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]] = map(
+            _decode_chunk, _chunks(sources, t, chunk)
+        )
         for start, arr, bad in results:
             out[start : start + len(arr)] = arr
             failed += bad

@@ -10,7 +10,7 @@ import torch
 from pyro_vae import data
 from pyro_vae.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def load(**cfg):

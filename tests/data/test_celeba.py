@@ -11,10 +11,10 @@ from PIL import Image
 from pyro_vae import fit
 from pyro_vae.data import as_float, load
 from pyro_vae.errors import DataError, SpecError
-from pyro_vae.nets import conv64
+from pyro_vae.models.nets import conv64
 from pyro_vae.spec import from_args
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def fake_celeba(root: Path, n: int = 12, partition: bool = True, size: tuple[int, int] = (218, 178)) -> Path:

@@ -1,7 +1,7 @@
 """Training batches held in memory or streamed through a ``torch.utils.data.DataLoader``, in one order.
 
 Both sources produce the same sequence of :class:`Batch` values for a given seed, so a run gives the
-same numbers whichever is used (``tests/test_streaming.py`` checks metrics and parameters):
+same numbers whichever is used (``tests/data/test_streaming.py`` checks metrics and parameters):
 
 - the epoch's order is one ``torch.randperm(N)`` drawn from the run's data-order generator when the
   epoch's first batch is requested (as :meth:`pyro_vae.interrupt.Stop.batches` expects), cut into
@@ -33,8 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from . import data as data_mod
-from ._typing import Tensor
+from .._typing import Tensor
+from . import dataset
 
 #: Fraction of the training device's available memory the training split may take when
 #: ``data.memory_budget_gb`` is null (the rest is for the model, activations and evaluation splits).
@@ -100,7 +100,11 @@ def should_stream(stream: bool | str, nbytes: int, budget_gb: float | None, devi
     if stream is True or stream is False:
         return StreamChoice(stream, nbytes, None, f"data.stream: {str(stream).lower()}")
     budget = int(budget_gb * 1e9) if budget_gb is not None else int(DEFAULT_BUDGET_FRACTION * available_memory(device))
-    where = "data.memory_budget_gb" if budget_gb is not None else f"{DEFAULT_BUDGET_FRACTION:g} of the {device.type} memory available"
+    where = (
+        "data.memory_budget_gb"
+        if budget_gb is not None
+        else f"{DEFAULT_BUDGET_FRACTION:g} of the {device.type} memory available"
+    )
     if nbytes > budget:
         return StreamChoice(True, nbytes, budget, f"the training split ({_gb(nbytes)}) exceeds {where} ({_gb(budget)})")
     return StreamChoice(False, nbytes, budget, f"the training split ({_gb(nbytes)}) fits {where} ({_gb(budget)})")
@@ -126,7 +130,7 @@ class InMemoryBatches:
 
     def epoch(self, generator: torch.Generator, skip: int = 0) -> Iterator[Batch | None]:
         """The epoch's batches in a fresh seeded order; ``None`` for the first ``skip`` (not gathered)."""
-        order = data_mod.batches(len(self.x), self.batch_size, shuffle=True, generator=generator, device=self.x.device)
+        order = dataset.batches(len(self.x), self.batch_size, shuffle=True, generator=generator, device=self.x.device)
         for i, idx in enumerate(order):  # the permutation is drawn at the first next()
             if i < skip:
                 yield None

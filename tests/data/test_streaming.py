@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from pyro_vae import checkpoint, fastpath, fit, streaming
 from pyro_vae.distributed import shard_bounds
 from pyro_vae.interrupt import Interrupted
+
+from pyro_vae import checkpoint, fastpath, fit, streaming
 
 #: 256 points -> 230 train (valid_size 0.1): batches of 48, the last one ragged (38); dynamic binarization
 #: and IWAE draw noise every step, so a batch in another order or with other rows changes every number.
@@ -46,7 +46,9 @@ def _assert_identical(a: Path, b: Path) -> None:
     mb = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
     assert _without_time(ma) == _without_time(mb)
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    assert {k: v for k, v in sa.items() if k != "train_seconds"} == {k: v for k, v in sb.items() if k != "train_seconds"}
+    assert {k: v for k, v in sa.items() if k != "train_seconds"} == {
+        k: v for k, v in sb.items() if k != "train_seconds"
+    }
     ca, cb = checkpoint.load(a / "checkpoint.pt"), checkpoint.load(b / "checkpoint.pt")
     assert ca["model"].keys() == cb["model"].keys()
     for k in ca["model"]:
@@ -152,7 +154,9 @@ def test_each_rank_reads_only_its_rows_of_the_in_memory_batches(tmp_path: Path) 
 def test_resumed_epoch_skips_without_reading(workers: int) -> None:
     n, bs, skip = 50, 8, 3
     x = np.random.default_rng(0).random((n, 2)).astype(np.float32)
-    full = list(streaming.InMemoryBatches(torch.from_numpy(x), None, bs, _shard(0, 1)).epoch(torch.Generator().manual_seed(1)))
+    full = list(
+        streaming.InMemoryBatches(torch.from_numpy(x), None, bs, _shard(0, 1)).epoch(torch.Generator().manual_seed(1))
+    )
     rows = _CountingRows(x)
     src = streaming.StreamingBatches(rows, None, bs, _shard(0, 1), torch.device("cpu"), workers=workers)
     torch.manual_seed(123)
@@ -164,7 +168,9 @@ def test_resumed_epoch_skips_without_reading(workers: int) -> None:
     for a, b in zip(got[skip:], full[skip:], strict=True):
         assert a is not None and b is not None and torch.equal(a.x, b.x) and a.y is None and a.size == b.size
     if workers == 0:  # (worker processes record in their own copy)
-        skipped = {int(r) for b in full[:skip] if b is not None for r in np.flatnonzero(np.isin(x[:, 0], b.x[:, 0].numpy()))}
+        skipped = {
+            int(r) for b in full[:skip] if b is not None for r in np.flatnonzero(np.isin(x[:, 0], b.x[:, 0].numpy()))
+        }
         assert skipped and not skipped & set(rows.read)
         assert len(rows.read) == n - skip * bs
 
@@ -245,7 +251,9 @@ def test_an_image_folder_streams_its_uint8_cache_with_labels_as_in_memory(tmp_pa
     for c in ("a", "b", "c"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
         for i in range(12):
-            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), "RGB").save(tmp_path / "imgs" / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8), "RGB").save(
+                tmp_path / "imgs" / c / f"{i}.png"
+            )
     sets = ["data.name=image_folder", f"data.path={tmp_path / 'imgs'}", "data.size=8", f"data.cache_dir={tmp_path / 'c'}",
             "model.kind=cvae", "model.network.hidden=[16]", "model.likelihood.kind=discretized_logistic",
             "train.epochs=2", "train.batch_size=7", "train.progress=false", "train.figures=false",

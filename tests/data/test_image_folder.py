@@ -14,8 +14,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from pyro_vae import cli, fit
-from pyro_vae import image_cache as cache_mod
 from pyro_vae.data import as_float, load
+from pyro_vae.data import image_cache as cache_mod
 from pyro_vae.errors import DataError
 
 BASE = {"binarize": "none", "valid_size": 0.0, "limit": 0}
@@ -252,8 +252,10 @@ def _touch(p: Path, data: bytes = b"") -> Path:
         (lambda d: _touch(d / "file.png"), r"is not a folder"),
         (lambda d: (d / "empty").mkdir() or d / "empty", r"no \.jpg/\.jpeg/\.png/\.webp images in '.*empty'"),
         (lambda d: _touch(d / "txt" / "notes.txt").parent, r"no \.jpg/\.jpeg/\.png/\.webp images"),
-        (lambda d: (_solid(d / "a" / "x.png", (1, 2, 3)), _solid(d / "b.png", (1, 2, 3)), d)[-1],
-         r"holds 1 images beside 1 class folders \(e.g. 'b.png'\)"),
+        (
+            lambda d: (_solid(d / "a" / "x.png", (1, 2, 3)), _solid(d / "b.png", (1, 2, 3)), d)[-1],
+            r"holds 1 images beside 1 class folders \(e.g. 'b.png'\)",
+        ),
         (lambda d: (_solid(d / "train" / "x.png", (1, 2, 3)), d)[-1], r"has a train/ folder but no test/ folder"),
         (lambda d: (_solid(d / "x.png", (1, 2, 3)), d)[-1], r"data.test_size: 0.1 leaves no training images"),
     ],
@@ -280,7 +282,9 @@ def test_unreadable_image_is_named_with_the_count(tmp_path: Path) -> None:
 def test_unwritable_cache_is_one_clear_error(tmp_path: Path) -> None:
     folder = classes_folder(tmp_path / "imgs", per_class=2)
     blocker = _touch(tmp_path / "a-file")
-    with pytest.raises(DataError, match=r"data.cache_dir: cannot write the image cache in '.*a-file/sub'.*cache: false"):
+    with pytest.raises(
+        DataError, match=r"data.cache_dir: cannot write the image cache in '.*a-file/sub'.*cache: false"
+    ):
         load(folder_cfg(folder, tmp_path, cache_dir=str(blocker / "sub")))
 
 
@@ -340,6 +344,7 @@ def test_celeba_is_an_image_folder_configuration(tmp_path: Path) -> None:
 
 def test_resume_may_move_the_cache_and_evaluate_reads_the_same_data(tmp_path: Path) -> None:
     from pyro_vae.evaluate import evaluate
+
     from pyro_vae.rundir import load_run
 
     folder = classes_folder(tmp_path / "imgs", per_class=4)
