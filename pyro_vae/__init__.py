@@ -3,17 +3,24 @@
     from pyro_vae import fit, evaluate, load_run
     res = fit(overrides=["train.epochs=5"])          # the embedded digits VAE
     print(evaluate(res.vae, res.data, "test", 1000).table())
+
+This module is the table of contents: every public name, whichever subpackage defines it. Subpackages
+(each re-exports its own public names): ``models``, ``guides``, ``estimators``, ``data``, ``training``,
+``rundir``, ``evaluation``, ``compare``, ``diagnostics``, ``plots``, ``cli``. A top-level name never hides
+a subpackage: ``pyro_vae.compare`` is the subpackage (its function is ``pyro_vae.compare.compare``).
+
+Importing the package changes no global setting of Pyro or torch.
 """
 
-import pyro as _pyro
+import sys as _sys
 
 from . import _compat
 
 _compat.install()  # old import paths of modules that moved into subpackages, with a DeprecationWarning
+_sys.modules[__name__].__class__ = _compat.Package  # an old path never replaces a function of the same name
 
-_pyro.settings.set(module_local_params=True)
-
-from .compare import CompareOptions, compare
+from . import compare
+from .compare import CompareOptions
 from .data import Dataset
 from .errors import DataError, PyroVAEError, RunError, SpecError
 from .estimators import (
@@ -28,8 +35,8 @@ from .estimators import (
     ScoreFunction_ELBO,
     log_terms,
 )
-from .evaluate import EvalResult, Measure, evaluate, measure_of, point_terms
-from .gradients import GradientStats, gradient_stats
+from .evaluation.evaluate import EvalResult, Measure, evaluate, measure_of, point_terms
+from .evaluation.gradients import GradientStats, gradient_stats
 from .guides import AmortizedGuide, DeltaGuide, DiagonalNormalGuide, FlowGuide, FullRankGuide, LowRankGuide
 from .models import (
     VAE,
@@ -47,11 +54,15 @@ from .models import (
     VampPrior,
     build_model,
 )
-from .nets import conv, conv64, mlp
+from .models.nets import conv, conv64, mlp
 from .registry import REGISTRY, register
 from .rundir import load_run
 from .spec import DEFAULT_SPEC, resolve
-from .train import FitResult, fit
+from .training import FitResult, fit
+
+# ``pyro_vae.compare`` was the function until the subpackage took its name: calling the module still works,
+# with a DeprecationWarning, for one release.
+compare.__class__ = _compat.CallableModule
 
 __version__ = "0.1.0"
 
