@@ -46,7 +46,7 @@ def _partition(folder: Path) -> dict[str, int] | None:
 def celeba(
     *,
     root: str | None = None,
-    size: PositiveInt = 64,  # output side in pixels (seed 003: 64)
+    size: PositiveInt = 64,  # output side in pixels (64x64, the usual size for CelebA VAEs)
     crop: PositiveInt = 148,  # centre crop side before resizing (the usual 178x218 -> 148x148)
     max_images: NonNegativeInt = 0,  # > 0: at most this many training images (and a tenth as many test)
     download: bool = False,  # try torchvision's downloader when the folder is missing
