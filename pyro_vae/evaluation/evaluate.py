@@ -15,14 +15,12 @@ from typing import Any
 import pyro
 import torch
 
-from . import fastpath
-from ._typing import Tensor
-from .data import Dataset, as_float
-from .estimators import iwae_bound, log_terms
-from .gradients import GradientStats, gradient_stats  # re-exported: pyro_vae.evaluate.gradient_stats
-from .models import likelihoods
-from .models.priors import StandardNormal
-from .models.vae import VAE, Generative
+from .._typing import Tensor
+from ..data import Dataset, as_float
+from ..estimators import fast, iwae_bound, log_terms
+from ..models.vae import VAE
+from . import log_weights
+from .gradients import GradientStats, gradient_stats  # re-exported: pyro_vae.evaluation.evaluate.gradient_stats
 
 #: Decoder evaluations (points x particles) per forward pass: bounds memory at any K.
 ROW_BUDGET = 1 << 14
@@ -218,7 +216,7 @@ class EvalResult:
 
     def save(self, path: Any) -> None:
         """Write eval.json atomically; a failing write raises RunError and leaves the old file."""
-        from .checkpoint import atomic_write_text
+        from ..rundir.checkpoint import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -274,94 +272,13 @@ def _trace_mean_stats(draws: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def direct_supported(vae: VAE) -> bool:
-    """True when :func:`point_terms` may compute the log-weights directly (:func:`_direct_sums`).
+    """True when :func:`point_terms` may compute the log-weights directly (:func:`pyro_vae.evaluation.log_weights.direct_sums`).
 
     A capability check: the model and guide run the standard programs (``z ~ p(z)``, ``x ~ p(x|z)``;
-    ``z ~ q(z|x)`` from ``guide.dist``, see :func:`pyro_vae.fastpath.supports`) and no Pyro handler is
+    ``z ~ q(z|x)`` from ``guide.dist``, see :func:`pyro_vae.estimators.fast.supports_direct`) and no Pyro handler is
     active (a handler could change sample values or scales only the traced path honours).
     """
-    return fastpath.supports(vae.model, vae.guide) and fastpath._handlers() == "none"
-
-
-def _log_likelihood(model: Any, z: Tensor, x: Tensor) -> Tensor:
-    """log p(x|z) summed over the event, ``(k, B)``, for draws ``z`` ``(k, B, latent)``.
-
-    A Bernoulli with logits l scores sum_i x_i l_i - softplus(l_i) (the negative binary cross-entropy).
-    The decoder runs on the draws point-major, ``(B, k, latent)`` (a copy of z, not of the logits),
-    so that the first sum is one batched matrix-vector product over contiguous logits, and the second
-    is :func:`_softplus_sum`: together about half the time of the fused cross-entropy on the
-    (k, B, pixels) logits, the largest cost of L_K.
-    """
-    lik = model.likelihood
-    if type(lik) is not likelihoods.Bernoulli:
-        return fastpath._obs_log_prob(lik, model.decoder(z), x)
-    logits = lik._param(model.decoder(z.transpose(0, 1)))  # (B, k, *event)
-    n = len(lik.event_shape)
-    flat = logits.flatten(-n) if n else logits.unsqueeze(-1)
-    xf = (x.flatten(-n) if n else x.unsqueeze(-1)).to(flat.dtype)
-    return (torch.bmm(flat, xf.unsqueeze(-1)).squeeze(-1) - _softplus_sum(flat)).transpose(0, 1)
-
-
-def _softplus_sum(logits: Tensor) -> Tensor:
-    """sum_i softplus(l_i) over the last dimension, with one logarithm per group of G <= 64 elements.
-
-    softplus(l) = max(l, 0) + log(1 + exp(-|l|)) and every factor 1 + exp(-|l|) lies in (1, 2], so the
-    product of G of them stays below 2^64 (no overflow or underflow in float32) and
-    sum_i log(1 + exp(-|l_i|)) = sum_groups log prod_group (1 + exp(-|l_i|)). Each element then costs
-    one exponential and a multiply instead of an exponential and a logarithm: about 0.6x the time of
-    ``softplus(l).sum(-1)`` on this CPU, at the same float32 accuracy (the product's relative rounding,
-    about G x 6e-8, is below that of the sum it replaces).
-    """
-    p = logits.shape[-1]
-    g = max(d for d in range(1, 65) if p % d == 0)
-    factors = logits.abs().neg_().exp_().add_(1.0)
-    return logits.clamp_min(0).sum(-1) + factors.view(*logits.shape[:-1], p // g, g).prod(-1).log_().sum(-1)
-
-
-def _direct_sums(
-    vae: VAE, q: Any, x: Tensor, cond: Tensor | None, num_particles: int, chunk: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(logsumexp_k log w_k, sum_k log w_k, sum_k log p(x|z_k), sum_k [log p(z_k) - log q(z_k|x)])``
-    per point over ``num_particles`` draws z_k ~ q(z|x), ``chunk`` particles per decoder pass.
-
-    The same log-weights log w = log p(x|z) + log p(z) - log q(z|x) as the traced path at beta = 1,
-    without tracing: ``q`` (the guide's distribution for these points, computed once) is sampled chunk
-    by chunk exactly as the guide's ``pyro.sample`` under the vectorized particle plate samples it
-    (``rsample`` of a ``(k, B)`` batch), so a seed gives the same draws. The log-sum-exp runs over the
-    chunks as they come (a running maximum), so chunk sizes change only the float rounding.
-    """
-    model = vae.model
-    standard = type(model.prior) is StandardNormal and type(model).prior_dist is Generative.prior_dist
-    prior: Any = None if standard else fastpath._prior(model, cond)
-    qn = fastpath._diag_normal(q)
-    n_lat = q.event_shape[-1] if q.event_shape else 1
-    lse: Tensor | None = None
-    sum_w: Tensor | float = 0.0
-    sum_rec: Tensor | float = 0.0
-    sum_lat: Tensor | float = 0.0
-    for done in range(0, num_particles, chunk):
-        k = min(chunk, num_particles - done)
-        if qn is not None:  # a diagonal Normal written out: z = loc + eps * scale, log q from eps
-            loc, scale = qn
-            eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()  # = Normal.rsample
-            z = loc + eps * scale
-            log_q = (-0.5 * eps.square() - scale.log()).sum(-1) - n_lat * fastpath._HALF_LOG_2PI
-        else:
-            z = q.rsample((k,)) if q.has_rsample else q.sample((k,))
-            log_q = q.log_prob(z)
-        if standard:  # N(0, I) written out
-            log_p = -0.5 * z.square().sum(-1) - z.shape[-1] * fastpath._HALF_LOG_2PI
-        else:
-            log_p = prior.log_prob(z)
-        lat = log_p - log_q  # (k, B)
-        zc = z if cond is None else torch.cat([z, cond.expand(*z.shape[:-1], cond.shape[-1])], dim=-1)
-        rec = _log_likelihood(model, zc, x)  # (k, B)
-        lw = rec + lat
-        part = torch.logsumexp(lw, 0)
-        lse = part if lse is None else torch.logaddexp(lse, part)
-        sum_w, sum_rec, sum_lat = sum_w + lw.sum(0), sum_rec + rec.sum(0), sum_lat + lat.sum(0)
-    assert lse is not None and isinstance(sum_w, Tensor) and isinstance(sum_rec, Tensor) and isinstance(sum_lat, Tensor)
-    return lse, sum_w, sum_rec, sum_lat
+    return fast.supports_direct(vae.model, vae.guide) and fast.handlers() == "none"
 
 
 @torch.no_grad()
@@ -376,7 +293,8 @@ def point_terms(
     """Per-point estimates with K particles, chunked over points and particles (bounded memory).
 
     For the standard pair (:func:`direct_supported`) the log-weights are computed directly
-    (:func:`_direct_sums`: the encoder once per point batch, the same draws as the traced path);
+    (:func:`pyro_vae.evaluation.log_weights.direct_sums`: the encoder once per point batch, the same
+    draws as the traced path, the decoder in fixed-size blocks);
     any other program goes through Pyro's traces (:func:`pyro_vae.estimators.log_terms`).
     ``means=False`` skips the posterior means (for per-epoch curves; then active units are unknown).
     """
@@ -403,7 +321,7 @@ def point_terms(
             q: Any = None
             if fast:
                 q = vae.guide.dist(xb, cond)  # the encoder runs once per point, whatever the particle chunks
-                lse, sum_w, sum_rec, sum_lat = _direct_sums(vae, q, xb, cond, num_particles, chunk)
+                lse, sum_w, sum_rec, sum_lat = log_weights.direct_sums(vae, q, xb, cond, num_particles, chunk)
                 lse_parts.append(lse)
             while done < num_particles:
                 k = min(chunk, num_particles - done)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.evaluate import active_units, point_terms, summarize
+from pyro_vae.evaluation.evaluate import active_units, point_terms, summarize
 from pyro_vae.models.linear import exact_log_marginal, linear_gaussian_vae, random_linear_gaussian
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pyro_vae.errors import SpecError
-from pyro_vae.evaluate import gradient_stats
-from pyro_vae.gradients import estimator_spec, parse_estimator, stats_table
+from pyro_vae.evaluation.evaluate import gradient_stats
+from pyro_vae.evaluation.gradients import estimator_spec, parse_estimator, stats_table
 from pyro_vae.models.linear import linear_gaussian_vae
 
 

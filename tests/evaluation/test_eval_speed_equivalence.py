@@ -1,4 +1,4 @@
-"""The direct L_K evaluation (pyro_vae.evaluate._direct_sums) computes exactly what the traced path does.
+"""The direct L_K evaluation (pyro_vae.evaluation.log_weights) computes exactly what the traced path does.
 
 For the standard pair (an MLP Bernoulli VAE with a diagonal-Normal guide, Burda et al. 2015's L_K),
 the per-point L_K must equal a float64 log-mean-exp written out by hand over the same draws; particle
@@ -13,12 +13,13 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.evaluate import direct_supported, point_terms
+from pyro_vae.evaluation import log_weights
+from pyro_vae.evaluation.evaluate import direct_supported, point_terms
 from pyro_vae.guides.normal import DiagonalNormalGuide
 from pyro_vae.models import likelihoods
 from pyro_vae.models.priors import StandardNormal
 from pyro_vae.models.vae import VAE, Generative
-from pyro_vae.nets import mlp
+from pyro_vae.models.nets import mlp
 
 EVENT = (1, 4, 4)
 LATENT = 3
@@ -103,7 +104,7 @@ def test_same_seed_same_values_as_the_traced_path(monkeypatch, likelihood):
     vae, x = make_vae(likelihood=likelihood), data(6)
     pyro.set_rng_seed(2)
     direct = point_terms(vae, x, None, 50)
-    monkeypatch.setattr(sys.modules["pyro_vae.evaluate"], "direct_supported", lambda vae: False)  # the general Pyro-traced path
+    monkeypatch.setattr(sys.modules["pyro_vae.evaluation.evaluate"], "direct_supported", lambda vae: False)  # the general Pyro-traced path
     pyro.set_rng_seed(2)
     traced = point_terms(vae, x, None, 50)
     for a, b in [
@@ -134,11 +135,11 @@ def test_grouped_softplus_sum_matches_float64(p):
     -100 to 100 (saturated pixels of a trained decoder) and sizes with and without small divisors."""
     g = torch.Generator().manual_seed(p)
     logits = torch.cat([torch.randn(200, p, generator=g) * 30, torch.full((1, p), 100.0), torch.full((1, p), -100.0)])
-    got = evaluate_mod()._softplus_sum(logits)
+    got = log_weights.softplus_sum_(logits.clone())
     ref = torch.nn.functional.softplus(logits.double()).sum(-1)
     assert torch.allclose(got.double(), ref, rtol=1e-6, atol=1e-3)
     assert torch.isfinite(got).all()
 
 
 def evaluate_mod():
-    return sys.modules["pyro_vae.evaluate"]
+    return sys.modules["pyro_vae.evaluation.evaluate"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.evaluate import point_terms, random_subset, summarize
+from pyro_vae.evaluation.evaluate import point_terms, random_subset, summarize
 from pyro_vae.rundir import load_run
 
 TINY = ["--set", "train.epochs=1", "--set", "data.limit=256", "--set", "model.network.hidden=[32]",

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._typing import Shape
-from .errors import SpecError
+from .._typing import Shape
+from ..errors import SpecError
 
 #: float32 bytes per parameter while training: the value, its gradient and Adam's two moments.
 TRAIN_BYTES_PER_PARAM = 16
@@ -82,7 +82,9 @@ def layer_width(module: nn.Module, event_shape: Shape) -> int:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             width += m.out_features
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        elif isinstance(
+            m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        ):
             width += m.out_channels * pixels
     return width
 
@@ -96,7 +98,7 @@ def model_size(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int = 0)
     """
     import pyro
 
-    from .models.vae import build_model
+    from ..models.vae import build_model
 
     try:  # argument validation would read values, which meta tensors do not have
         with torch.device("meta"), pyro.validation_enabled(False):
@@ -142,8 +144,8 @@ def forward_width(cfg: Mapping[str, Any], event_shape: Shape, num_classes: int =
     """
     import pyro
 
-    from .estimators import log_terms
-    from .models.vae import build_model
+    from ..estimators import log_terms
+    from ..models.vae import build_model
 
     total = [0]
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from ._typing import Tensor
-from .errors import SpecError, brief
-from .models.vae import VAE
-from .registry import REGISTRY
-from .spec import parse_yaml
+from .._typing import Tensor
+from ..errors import SpecError, brief
+from ..models.vae import VAE
+from ..registry import REGISTRY
+from ..spec import parse_yaml
 
 #: Calls made before measuring, so stateful estimators (score_function's baseline) are warmed up.
 WARMUP_DRAWS = 5
@@ -64,7 +64,7 @@ def parse_estimator(item: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def estimator_spec(item: str | Mapping[str, Any]) -> dict[str, Any]:
     """A validated ``elbo:`` spec (defaults filled) from a name with options or a mapping."""
-    from .spec import resolve_component
+    from ..spec import resolve_component
 
     raw = parse_estimator(item)
     return resolve_component("elbo", raw, f"estimator {label(item)!r}")
