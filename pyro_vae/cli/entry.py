@@ -7,9 +7,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .. import plugins
 from ..errors import PyroVAEError
 from ..rundir import lock as runlock
-from ..training import signals as interrupt
+from ..training import signals
 from ..training.signals import Interrupted
 from .checks import check_args
 from .parser import build_parser
@@ -26,12 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if argv is None:  # the command line itself (not a call from Python): a second signal ends the process
-        interrupt.exit_at_once_on_second_signal()
+        signals.exit_at_once_on_second_signal()
     func: Callable[[argparse.Namespace], int] = a.func
     try:
-        # a signal stops any stage within a second or two and says what was kept (pyro_vae/interrupt.py);
+        # a signal stops any stage within a second or two and says what was kept (pyro_vae/training/signals.py);
         # training and comparisons install their own, more specific guards inside this one
-        with interrupt.stage(f"pyro-vae {a.command}", _KEPT_ON_SIGNAL.get(a.command, "nothing was written")):
+        with signals.stage(f"pyro-vae {a.command}", _KEPT_ON_SIGNAL.get(a.command, "nothing was written")):
+            plugins.load_args(a)  # --plugin modules register their components before anything is resolved
             check_args(a)
             return runlock.releases_locks(func)(a)  # run directory locks end with the command, however it ends
     except PyroVAEError as e:
