@@ -1,12 +1,12 @@
-"""pyro_vae/parallel.py: independent jobs over spawned processes, results in job order, same numbers."""
+"""pyro_vae/compare/parallel.py: independent jobs over spawned processes, results in job order, same numbers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from pyro_vae.compare.parallel import default_threads, map_jobs
 from pyro_vae.errors import SpecError
-from pyro_vae.parallel import default_threads, map_jobs
 
 
 def _train(seed: int, steps: int = 30) -> list[float]:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .errors import SpecError
+from ..errors import SpecError
 
 J = TypeVar("J")
 R = TypeVar("R")

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .._typing import Tensor
+from ..evaluation.evaluate import Measure
+from ..plots.images import as_images, plt
 from . import _arviz
-from ._typing import Tensor
-from .plots import as_images
-
-if TYPE_CHECKING:
-    from .diagnostics import Diagnosis
+from .report import Diagnosis
 
 
 def _names(d: Diagnosis) -> tuple[str, str]:
     """Short names of the ELBO and of log p(x) for axis labels (evaluate.Measure decides which)."""
-    from .evaluate import Measure
-
     m = Measure.from_kind(getattr(d, "measure", "log_likelihood"))
     return ("ELBO", "log p(x)") if m.normalized else ("CE bound", "CE L_K")
 
@@ -37,6 +30,7 @@ def _note(d: Diagnosis, fig: Any) -> None:
 
 
 def khat_figure(d: Diagnosis, path: Path) -> None:
+    """k-hat per point (ArviZ's plot), its histogram, and the importance-weighting gain against it."""
     k = d.psis["khat"]
     kf = np.where(np.isfinite(k), k, np.nan)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -62,6 +56,7 @@ def khat_figure(d: Diagnosis, path: Path) -> None:
 def worst_points_figure(
     d: Diagnosis, path: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any, y: Tensor | None, n: int = 8
 ) -> bool:
+    """The ``n`` points with the largest k-hat (and their reconstructions); False if the data are not images."""
     k = np.where(np.isnan(d.psis["khat"]), np.inf, d.psis["khat"])
     order = np.argsort(k)[::-1][:n]
     idx = torch.as_tensor(d.index[order], device=x.device)
@@ -139,6 +134,7 @@ def pair_figure(d: Diagnosis, m: int, path: Path, max_dims: int = 4) -> None:
 
 
 def gaps_figure(d: Diagnosis, path: Path) -> None:
+    """Per-point approximation and amortization gaps, and the local guides' optimization trace."""
     g = d.gap
     assert g is not None
     order = np.argsort(g["inference_gap"])
@@ -173,6 +169,7 @@ def gaps_figure(d: Diagnosis, path: Path) -> None:
 
 
 def sbc_figure(d: Diagnosis, path: Path, max_lines: int = 20) -> None:
+    """ECDF minus uniform of the PIT per latent dimension (simultaneous band), and the pooled PIT histogram."""
     c = d.calibration
     assert c is not None and d.pit is not None
     grid, ecdf = c["_grid"], c["_ecdf"]
@@ -203,7 +200,12 @@ def sbc_figure(d: Diagnosis, path: Path, max_lines: int = 20) -> None:
 
 
 def all_figures(
-    d: Diagnosis, fig_dir: Path, x: Tensor, event_shape: tuple[int, ...], vae: Any, y: Tensor | None,
+    d: Diagnosis,
+    fig_dir: Path,
+    x: Tensor,
+    event_shape: tuple[int, ...],
+    vae: Any,
+    y: Tensor | None,
     claim: Callable[[Path], Path] = lambda p: p,
 ) -> dict[str, Path]:
     """Every diagnostic figure in ``fig_dir``; ``claim(path)`` is called on each file before it is written."""
@@ -223,3 +225,6 @@ def all_figures(
         paths["sbc_png"] = fig_dir / "sbc_ecdf.png"
         sbc_figure(d, claim(paths["sbc_png"]))
     return paths
+
+
+__all__ = ["all_figures", "gaps_figure", "khat_figure", "pair_figure", "sbc_figure", "worst_points_figure"]

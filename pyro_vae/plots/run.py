@@ -3,65 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
-from ._typing import Shape, Tensor
-from .data import Dataset, as_float
-from .evaluate import Measure, measure_of
-from .models.vae import VAE
-
-
-def as_images(x: Tensor, event_shape: Shape) -> np.ndarray | None:
-    """``(N, *event_shape)`` -> ``(N, H, W)`` or ``(N, H, W, 3)`` in [0, 1], or None if not images."""
-    x = x.detach().float().cpu()
-    if len(event_shape) == 3 and event_shape[0] in (1, 3):
-        imgs = x.reshape(len(x), *event_shape)
-        imgs = imgs[:, 0] if event_shape[0] == 1 else imgs.permute(0, 2, 3, 1)
-    else:
-        d = math.prod(event_shape)
-        side = math.isqrt(d)
-        if side * side != d:
-            return None
-        imgs = x.reshape(len(x), side, side)
-    return imgs.clamp(0, 1).numpy()
-
-
-def tile(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
-    """Arrange ``rows * cols`` images into one array with ``pad`` pixels of white between them."""
-    n, h, w = images.shape[:3]
-    extra = images.shape[3:]
-    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, *extra), dtype=np.float32)
-    for i in range(min(n, rows * cols)):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
-    return grid
-
-
-def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, title: str = "", row_labels: Sequence[str] = ()) -> None:
-    grid = tile(images, rows, cols)
-    tile_in = 0.5 if images.shape[1] <= 16 else 0.8  # inches per image: small digits drawn larger
-    fig, ax = plt.subplots(figsize=(max(3.0, cols * tile_in + 0.6), max(2.0, rows * tile_in + 0.6)))
-    ax.imshow(grid, cmap="Greys_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    if row_labels:
-        step = images.shape[1] + 1
-        ax.set_yticks([1 + step * i + images.shape[1] / 2 for i in range(len(row_labels))], list(row_labels))
-    else:
-        ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+from .._typing import Shape, Tensor
+from ..data import Dataset, as_float
+from ..evaluation.evaluate import Measure, measure_of
+from ..models.vae import VAE
+from .images import as_images, plt, save_grid
 
 
 def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | None = None) -> None:
@@ -72,7 +26,7 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     # the estimator's loss at the scheduled KL weight: with a warm-up, beta != 1 or an IWAE-type
-    # estimator it is not the -ELBO (metrics.jsonl of older runs call it train_loss)
+    # estimator it is not the -ELBO (train_loss in a metrics.jsonl that has no train_objective)
     objective = [r.get("train_objective", r.get("train_loss", math.nan)) for r in history]
     axes[0].plot(ep, objective, label=m.label("train_objective"))
     bound = m.label("elbo")
@@ -90,8 +44,6 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
         axes[1].set_title(f"test reconstruction {rec}", fontsize=9)
         axes[2].plot(ep, [r["test_kl"] for r in history], color="C3")
         axes[2].set_title(f"test {m.label('kl')}", fontsize=9)
-    from matplotlib.ticker import MaxNLocator
-
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -102,6 +54,7 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
 
 
 def latent_scatter(means: Tensor, labels: Tensor | None, path: Path, title: str = "test set: posterior means") -> None:
+    """The first two coordinates of ``means``, coloured by integer ``labels`` when there are any."""
     m = means.detach().cpu().numpy()
     fig, ax = plt.subplots(figsize=(6, 5.2))
     if labels is not None and not labels.dtype.is_floating_point:
@@ -119,7 +72,8 @@ def latent_scatter(means: Tensor, labels: Tensor | None, path: Path, title: str 
 
 @torch.no_grad()
 def manifold(vae: VAE, event_shape: Shape, path: Path, n: int = 15, cond: Tensor | None = None) -> None:
-    """Seed 002's figure: decode a grid of standard-normal quantiles norm.ppf(linspace(.05, .95, n))."""
+    """The learned manifold of a 2-d latent (Kingma & Welling 2014, fig. 4): decode the grid of
+    standard-normal quantiles ``norm.ppf(linspace(.05, .95, n))`` in both coordinates."""
     from scipy.stats import norm
 
     q = torch.as_tensor(norm.ppf(np.linspace(0.05, 0.95, n)), dtype=torch.float32)
@@ -196,3 +150,6 @@ def run_figures(
         written.append(out / "traversal.png")
     vae.train()
     return written
+
+
+__all__ = ["latent_scatter", "loss_curves", "manifold", "run_figures", "traversal"]

@@ -9,7 +9,7 @@ import torch
 from pyro_vae.cli import main
 from pyro_vae.compare import CompareOptions, aggregate, compare, plan, run_job, snr_estimators
 from pyro_vae.errors import SpecError
-from pyro_vae.train import fit
+from pyro_vae.training import fit
 
 TINY = [
     "train.epochs=1",

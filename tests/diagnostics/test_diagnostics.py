@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae import _arviz
 from pyro_vae.diagnostics import (
     DiagnoseOptions,
+    _arviz,
     amortization_gap,
     calibration_tests,
     guide_log_ratios,
@@ -35,9 +35,9 @@ from pyro_vae.diagnostics import (
 from pyro_vae.errors import SpecError
 from pyro_vae.guides.base import AmortizedGuide
 from pyro_vae.models.likelihoods import Gaussian
+from pyro_vae.models.nets import Decoder, Encoder
 from pyro_vae.models.priors import StandardNormal
 from pyro_vae.models.vae import VAE, Generative
-from pyro_vae.nets import Decoder, Encoder
 
 D, F, SIGMA = 2, 5, 0.6
 
@@ -302,7 +302,7 @@ def test_end_to_end_outputs(tmp_path):
 
 def test_cli_diagnose_on_a_tiny_digits_run(tmp_path, tiny, capsys):
     from pyro_vae.cli import main
-    from pyro_vae.train import fit
+    from pyro_vae.training import fit
 
     run = tmp_path / "run"
     fit(None, overrides=[*tiny, "train.figures=false"], out=run)
