@@ -28,6 +28,9 @@ MOVED: dict[str, str] = {
     "pyro_vae.streaming": "pyro_vae.data.streaming",
     # evaluation/
     # compare/, diagnostics/, plots/, cli/
+    "pyro_vae.parallel": "pyro_vae.compare.parallel",
+    "pyro_vae._arviz": "pyro_vae.diagnostics._arviz",
+    "pyro_vae.plots_diagnostics": "pyro_vae.diagnostics.plots",
     # models/
 }
 
