@@ -7,15 +7,16 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from pyro_vae import fastpath
 from pyro_vae.estimators import IWAE_ELBO, Renyi_ELBO
-from pyro_vae.fastpath import FastELBO, accelerate, nonfinite, optimizer_options, train_step
+from pyro_vae.estimators import fast as fastpath
+from pyro_vae.estimators.fast import FastELBO, accelerate
 from pyro_vae.guides.normal import DiagonalNormalGuide
 from pyro_vae.models import likelihoods
+from pyro_vae.models.nets import mlp
 from pyro_vae.models.priors import StandardNormal
 from pyro_vae.models.vae import VAE, Generative
-from pyro_vae.nets import mlp
 from pyro_vae.registry import REGISTRY
+from pyro_vae.training.step import nonfinite, optimizer_options, train_step
 
 EVENT = (1, 4, 4)
 LATENT = 3

@@ -16,13 +16,13 @@ import math
 import pyro
 import pytest
 import torch
+from pyro_vae.evaluate import point_terms
 
 from pyro_vae.estimators import iwae_bound, log_terms, miwae_bound
-from pyro_vae.evaluate import point_terms
 from pyro_vae.models.linear import exact_log_marginal, linear_decoder_parameters
 from pyro_vae.registry import REGISTRY
-from pyro_vae.schedules import kl_factor
 from pyro_vae.spec import resolve_component
+from pyro_vae.training.schedules import kl_factor
 
 
 def _build(model: dict, guide: dict, event_shape=(6,), dtype=torch.float64):

@@ -12,7 +12,7 @@ from torch.distributions import kl_divergence
 from pyro_vae import SpecError, resolve
 from pyro_vae.data import load
 from pyro_vae.estimators import log_terms
-from pyro_vae.free_bits import kl_per_dimension
+from pyro_vae.estimators.free_bits import kl_per_dimension
 from pyro_vae.models.vae import build_model
 from pyro_vae.registry import REGISTRY
 from pyro_vae.spec import DEFAULT_SPEC, apply_overrides

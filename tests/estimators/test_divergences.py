@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Independent, LowRankMultivariateNormal, MultivariateNormal, Normal, kl_divergence
 
-from pyro_vae.divergences import MeanField_ELBO, gaussian_kl_diagonal, has_closed_form_kl
+from pyro_vae.estimators.divergences import MeanField_ELBO, gaussian_kl_diagonal, has_closed_form_kl
 from pyro_vae.models.vae import build_model
 from pyro_vae.spec import DEFAULT_SPEC, resolve
 
