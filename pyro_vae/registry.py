@@ -36,7 +36,6 @@ _BUILTIN_MODULES = (
     "pyro_vae.models",
     "pyro_vae.guides",
     "pyro_vae.estimators",
-    "pyro_vae.free_bits",
 )
 
 _MISSING = inspect.Parameter.empty

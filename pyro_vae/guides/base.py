@@ -30,6 +30,17 @@ class AmortizedGuide(nn.Module):
     def head(self, h: Tensor) -> dist.Distribution:
         raise NotImplementedError
 
+    @property
+    def supports_direct(self) -> bool:
+        """True while :meth:`forward` is this class's program (``z ~ dist(x, cond)``, scaled by ``kl_weight``):
+        estimators may then draw and score z without tracing (:mod:`pyro_vae.estimators.fast`)."""
+        return type(self).forward is AmortizedGuide.forward
+
+    def diagonal_normal(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """``(loc, scale)`` of q(z|x) when it is a diagonal Normal, computed without a ``Distribution``
+        object (the direct forms' hot path); None for other families."""
+        return None
+
     def dist(self, x: Tensor, cond: Tensor | None = None) -> dist.Distribution:
         """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(latent_dim,)``."""
         return self.head(self.encoder(x, cond))

@@ -47,9 +47,15 @@ class Likelihood(nn.Module):
     def _event(self, d: dist.TorchDistribution) -> dist.TorchDistribution:
         return d.to_event(len(self.event_shape))
 
-    def _param(self, params: Tensor, i: int = 0) -> Tensor:
+    def param(self, params: Tensor, i: int = 0) -> Tensor:
         """The ``i``-th parameter map, shape ``(*lead, *event_shape)``."""
         return params.select(-len(self.event_shape) - 1, i)
+
+    _param = param
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) summed over the event, shape ``(*lead)``, for decoder outputs ``params``."""
+        return self(params).log_prob(x)  # type: ignore[no-any-return]
 
 
 def check_unit_interval(
@@ -78,6 +84,15 @@ class Bernoulli(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(self._param(params))
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """The negative binary cross-entropy with logits, without a ``Distribution`` object."""
+        if type(self).forward is not Bernoulli.forward:  # a subclass with another distribution
+            return super().log_prob(params, x)
+        logits = self.param(params)
+        ll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        n_event = len(self.event_shape)
+        return -ll.sum(dim=tuple(range(-n_event, 0))) if n_event else -ll
 
     def check_data(self, x: Tensor, where: str = "data") -> None:
         check_unit_interval("bernoulli", x, where)

@@ -33,6 +33,12 @@ class Generative(nn.Module):
         self.likelihood = likelihood
         self.kl_weight = 1.0
 
+    @property
+    def supports_direct(self) -> bool:
+        """True while :meth:`forward` is this class's program (``z ~ prior_dist(cond)``, ``x ~ likelihood(decoder(z))``):
+        estimators may then compute its log densities without tracing (:mod:`pyro_vae.estimators.fast`)."""
+        return type(self).forward is Generative.forward
+
     def prior_dist(self, cond: Tensor | None = None) -> Any:
         """p(z), or p(z|cond) for a prior marked ``conditional = True`` (CVAE priors take ``cond``)."""
         return self.prior(cond) if getattr(self.prior, "conditional", False) else self.prior()
