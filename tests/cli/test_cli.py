@@ -101,3 +101,22 @@ def test_readme_components_listing_is_the_commands_output():
     start = text.index("```\nprior: priors p(z)") + 4
     block = text[start : text.index("```", start)]
     assert block == "".join(listing(g) for g in ("prior", "guide", "likelihood", "network"))
+
+
+def test_the_console_script_and_python_m_reach_the_same_main(capsys):
+    """``pyro-vae`` is the entry point ``pyro_vae.cli:main``; ``python -m pyro_vae.cli`` and
+    ``python -m pyro_vae`` run it too (same output, same exit code for a bad group)."""
+    from importlib.metadata import entry_points
+
+    import pyro_vae.cli
+    from pyro_vae.components import listing
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "pyro-vae"]
+    assert ep.value == "pyro_vae.cli:main" and ep.load() is pyro_vae.cli.main is main
+    for module in ("pyro_vae.cli", "pyro_vae"):
+        r = subprocess.run([sys.executable, "-m", module, "components", "prior"], capture_output=True, text=True,
+                           check=False)  # fmt: skip
+        assert r.returncode == 0 and r.stdout == listing("prior"), r.stderr
+        r = subprocess.run([sys.executable, "-m", module, "components", "nope"], capture_output=True, text=True,
+                           check=False)  # fmt: skip
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid choice: 'nope'" in r.stderr
