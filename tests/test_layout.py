@@ -27,6 +27,7 @@ import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeGuard
 
 import pytest
 
@@ -332,7 +333,7 @@ def test_compare_is_the_subpackage_and_calling_it_is_deprecated(monkeypatch: pyt
     seen = []
     monkeypatch.setattr(c, "compare", lambda *a, **k: seen.append((a, k)) or "result")
     with pytest.warns(DeprecationWarning, match=r"pyro_vae\.compare\.compare"):
-        assert pyro_vae.compare(None, ["trace"], seeds=(0,)) == "result"
+        assert pyro_vae.compare(None, ["trace"], seeds=(0,)) == "result"  # type: ignore[operator]
     assert seen == [((None, ["trace"]), {"seeds": (0,)})]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -372,7 +373,19 @@ def _defined_names(trees: list[ast.AST]) -> set[str]:
                 names.add(n.arg)
             elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
                 names.add(n.target.id)
+            elif isinstance(n, ast.Call) and _is_setattr(n.func) and len(n.args) >= 2 and _is_str(n.args[1]):
+                names.add(n.args[1].value)  # setattr(obj, "_name", v), object.__setattr__(self, "_name", v)
     return names
+
+
+def _is_str(node: ast.expr) -> TypeGuard[ast.Constant]:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _is_setattr(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Name) and func.id == "setattr") or (
+        isinstance(func, ast.Attribute) and func.attr == "__setattr__"
+    )
 
 
 def private_uses(package_dir: Path, adapter: str) -> list[str]:
@@ -413,7 +426,8 @@ def test_the_private_name_check_finds_planted_uses(tmp_path: Path) -> None:
         "_internals.py": "from pyro.poutine.runtime import _PYRO_STACK\n",
         "a.py": "import torch\nfrom pyro.poutine.runtime import _PYRO_STACK\ndef f(m):\n    return m._parameters\n",
         "b.py": "import torch._dynamo\nclass B:\n    def __init__(self):\n        self._mine = 1\n"
-                "    def g(self):\n        return self._mine, os._exit\n",
+                "        object.__setattr__(self, '_set', 2)\n"
+                "    def g(self):\n        return self._mine, self._set, os._exit\n",
     })  # fmt: skip
     found = private_uses(pkg, "toy._internals")
     assert len(found) == 3, found
