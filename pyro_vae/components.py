@@ -1,8 +1,12 @@
-"""``pyro-vae components``: the registry rendered as text, generated from factory signatures."""
+"""``pyro-vae components``: the registry rendered as text, generated from factory signatures.
+
+Components of plugins (:mod:`pyro_vae.plugins`) are listed with the built-ins, each marked with where it
+comes from (``[from module mypkg (--plugin): mypkg:StudentT]``, ``[from entry point ...]``).
+"""
 
 from __future__ import annotations
 
-from .registry import GROUPS, REGISTRY, Param
+from .registry import BUILTIN, GROUPS, REGISTRY, Param
 from .spec import _describe
 
 
@@ -21,9 +25,9 @@ def listing(group: str | None = None) -> str:
         if common:
             lines.append("  common to every " + g + ":")
             lines += [_param_line(p) for p in common.values()]
-        for name in REGISTRY.names(g):
-            e = REGISTRY.get(g, name)
-            lines.append(f"  {name} - {e.description.replace('``', '`')}")
+        for e in REGISTRY.entries(g):
+            where = "" if e.source == BUILTIN else f" [from {e.source}: {e.origin}]"
+            lines.append(f"  {e.name} - {e.description.replace('``', '`')}{where}")
             lines += [_param_line(p) for p in e.params.values()]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
+from . import plugins
 from ._typing import (
     Binarize,
     Component,
@@ -30,7 +31,7 @@ from ._typing import (
 )
 from .errors import PyroVAEError, SpecError, brief, cut, input_file
 from .registry import REGISTRY, Param, signature_params
-from .runlock import check_run_name
+from .rundir.lock import check_run_name
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class TrainConfig:
     epochs: NonNegativeInt = 30  # passes over the training split
     batch_size: PositiveInt = 64  # data points per SVI step
     lr: PositiveFloat = 1e-3  # learning rate of the torch optimizer
-    optimizer: Literal["adam", "adamw", "nadam", "sgd"] = "adam"  # nadam: seed 002's choice
+    optimizer: Literal["adam", "adamw", "nadam", "sgd"] = "adam"  # nadam: Adam with Nesterov momentum (Dozat 2016)
     weight_decay: NonNegativeFloat = 0.0  # decoupled for adamw, L2 otherwise
     eps: PositiveFloat = 1e-8  # adam, adamw, nadam: the denominator's epsilon (Burda et al. 2015 use 1e-4)
     # learning rate per epoch (pyro_vae/schedules.py): constant; burda: stage i = 0, 1, ... lasts 3^i epochs
@@ -71,7 +72,7 @@ class TrainConfig:
     curve_every: NonNegativeInt = 0
     curve_points: PositiveInt = 1000
     curve_particles: PositiveInt = 100
-    fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/fastpath.py)
+    fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/estimators/fast.py)
     # torch.compile the training loss (inductor). Off: on this project's 2-core CPU it paid only for
     # some shapes and costs 10-30 s of compilation (benchmarks/README.md, torch.compile); compiled draws
     # come from inductor's generator, so a run is equal in distribution to an eager one, not draw for draw
@@ -115,7 +116,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "train": {"epochs": 200, "batch_size": 32, "lr": 2e-3, "kl_schedule": "linear", "kl_steps": 3000},
 }
 
-_TOP = ("name", "seed", "data", "model", "guide", "elbo", "train")
+_TOP = ("name", "seed", "plugins", "data", "model", "guide", "elbo", "train")
 _SECTIONS: dict[str, Any] = {"train": TrainConfig}
 
 
@@ -489,16 +490,41 @@ def resolve(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["name"] = check_run_name(check_value("name", spec.get("name", DEFAULT_SPEC["name"]), str))
     # numpy (seeded by pyro.set_rng_seed) takes seeds below 2**32
     out["seed"] = check_value("seed", spec.get("seed", 0), typing.Annotated[int, Interval(0, 2**32 - 1)])
+    # plugin modules (pyro_vae/plugins.py) register their components before any kind is looked up;
+    # recorded only when there are some, so a spec without plugins resolves to the same config.yaml as before
+    mods = plugins.resolve(spec.get("plugins"))
+    if mods:
+        out["plugins"] = mods
     for section in ("data", "model", "guide", "elbo"):
-        if section not in spec:
+        raw = spec.get(section)
+        if section == "guide":
+            raw = _guide_section(out["model"], raw)
+        if raw is None and section not in spec:
             raise SpecError(f"{section}: section is missing")
-        out[section] = resolve_component(section, spec[section], section)
+        out[section] = resolve_component(section, raw, section)
     train = spec.get("train", {}) or {}
     if not isinstance(train, Mapping):
         raise SpecError(f"train: expected a mapping, got {brief(train)}")
     out["train"] = _resolve_params("train", train, signature_params(TrainConfig), skip=())
     _check_pairing(out)
     return out
+
+
+def _guide_section(model: Mapping[str, Any], raw: Any) -> Any:
+    """The guide of a model that brings its own (``brings_guide``: ``model.kind: pyro``, whose program
+    has a guide) is ``{kind: program}``; the default spec's guide is taken to mean it, any other is refused.
+    ``guide.kind: program`` with any other model is refused too."""
+    kind = raw.get("kind") if isinstance(raw, Mapping) else raw
+    if getattr(REGISTRY.get("model", model["kind"]).factory, "brings_guide", False):
+        if raw is None or kind == "program" or raw == DEFAULT_SPEC["guide"]:
+            return {"kind": "program"}
+        raise SpecError(
+            f"guide.kind: {brief(kind)}: model.kind: {model['kind']} brings its own guide (the program's); "
+            "remove the guide section or write guide: {kind: program}"
+        )
+    if kind == "program":
+        raise SpecError(f"guide.kind: program is the guide of a Pyro program (model.kind: pyro), not of model.kind: {model['kind']}")
+    return raw
 
 
 def _check_pairing(out: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from .. import plugins
 from ..registry import GROUPS
 from .commands import components, diagnose, evaluate, sample, train
 
@@ -77,4 +78,5 @@ def build_parser() -> argparse.ArgumentParser:
     from ..compare import add_cli  # compare, gradients
 
     add_cli(sub)
+    plugins.add_argument(sub)  # --plugin MODULE (repeatable) on every command
     return p

@@ -11,7 +11,7 @@ from pyro import poutine
 from torch import nn
 
 from .._typing import Tensor
-from ..nets import Encoder
+from ..models.nets import Encoder
 
 
 class AmortizedGuide(nn.Module):

@@ -6,7 +6,7 @@ import pyro.distributions as dist
 from torch import nn
 
 from .._typing import Tensor
-from ..nets import Encoder
+from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from .._typing import NonNegativeFloat, PositiveInt, Tensor
 from ..errors import SpecError
-from ..nets import Encoder
+from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide
 

@@ -6,9 +6,9 @@ import pyro.distributions as dist
 from torch import nn
 from torch.nn import functional as F
 
-from .. import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
+from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from .._typing import NonNegativeFloat, PositiveInt, Tensor
-from ..nets import Encoder
+from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide
 

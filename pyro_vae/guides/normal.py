@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._typing import NonNegativeFloat, Tensor
-from ..nets import Encoder
+from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide
 

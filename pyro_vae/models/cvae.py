@@ -9,9 +9,10 @@ which turns a batch's labels ``y`` into the conditioning tensor the networks and
   image), flattened to ``(B, cond_dim)``.
 
 The encoder concatenates the condition after its body, the decoder reads ``[z, cond]``, and a prior
-marked ``conditional = True`` maps the condition to p(z|y). Priors registered here:
+whose class declares ``conditional = True`` (:class:`~pyro_vae.models.priors.Prior`) maps the condition
+to p(z|y). Priors registered here:
 
-- ``class_mean`` (seed 004): N(mu_y, I) with one learned mean per class (linear in the condition, so
+- ``class_mean``: N(mu_y, I) with one learned mean per class (linear in the condition, so
   for one-hot y it is exactly a table of means);
 - ``conditional``: a network y -> diagonal Normal (the prior network p(z|x) of Sohn et al. 2015).
 
@@ -30,10 +31,11 @@ from torch.nn import functional as F
 
 from .._typing import Activation, Component, ComponentSpec, NonNegativeInt, PositiveInt, Shape, Tensor
 from ..errors import SpecError
-from ..nets import _ACTIVATIONS, Networks
 from ..registry import REGISTRY, register
 from .likelihoods import Likelihood
-from .vae import VAE, Generative
+from .nets import _ACTIVATIONS, Networks
+from .priors import Prior
+from .vae import VAE, Generative, check_prior
 
 
 class CVAE(VAE):
@@ -82,8 +84,8 @@ def _needs_cond(kind: str, cond_dim: int) -> None:
 
 
 @register("prior", "class_mean", context=("latent_dim", "cond_dim"))
-class ClassMeanPrior(nn.Module):
-    """N(mu_y, I): each class y has its own learned mean, unit variance (seed 004)."""
+class ClassMeanPrior(Prior):
+    """N(mu_y, I): each class y has its own learned mean, unit variance (a CVAE prior, Sohn et al. 2015)."""
 
     conditional = True
     scale: Tensor
@@ -101,7 +103,7 @@ class ClassMeanPrior(nn.Module):
 
 
 @register("prior", "conditional", context=("latent_dim", "cond_dim"))
-class ConditionalPrior(nn.Module):
+class ConditionalPrior(Prior):
     """p(z|y) = N(mu(y), diag sigma(y)^2) from an MLP: the prior network of Sohn et al. (2015)."""
 
     conditional = True
@@ -167,8 +169,8 @@ def cvae(
         cond_dim=cond_dim,
     )  # fmt: skip
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
-    p = REGISTRY.build("prior", prior, latent_dim=latent_dim, cond_dim=cond_dim, event_shape=event_shape, guide=q)
-    if not getattr(p, "conditional", False):
+    p = check_prior(REGISTRY.build("prior", prior, latent_dim=latent_dim, cond_dim=cond_dim, event_shape=event_shape, guide=q), prior)
+    if not p.conditional:
         try:  # e.g. a VampPrior encodes pseudo-inputs, which a conditional encoder cannot do without y
             p()
         except ValueError as e:

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 
 from .._typing import Tensor
 from ..guides.normal import DiagonalNormalGuide
-from ..nets import Decoder, Encoder
 from .likelihoods import Gaussian
+from .nets import Decoder, Encoder
 from .priors import StandardNormal
 from .vae import VAE, Generative
 

@@ -1,4 +1,9 @@
-"""Priors p(z): modules whose ``forward()`` returns a distribution over ``z`` with event dim 1."""
+"""Priors p(z): :class:`Prior` modules whose ``forward()`` returns a distribution over ``z`` with event dim 1.
+
+Every prior a spec names (``model.prior.kind``) is a :class:`Prior`, built-in or a plugin's. Conditional
+priors p(z|y) of the CVAE (:mod:`pyro_vae.models.cvae`) declare ``conditional = True`` and take the
+condition in ``forward(cond)``.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,31 @@ from ..errors import SpecError
 from ..registry import register
 
 
+class Prior(nn.Module):
+    r"""p(z) as a module: ``forward()`` returns a Pyro distribution over ``z`` with event dim 1.
+
+    The event shape is ``(latent_dim,)``; the batch shape is ``()`` (one p(z) for every data point) or,
+    for a conditional prior, the condition's batch ``(B,)``. Parameters are ordinary ``nn.Parameter``\ s
+    (trained with the model, saved in its ``state_dict``). A subclass implements ``forward``; a
+    conditional one sets :attr:`conditional` and implements ``forward(cond)`` with ``cond`` of shape
+    ``(B, cond_dim)``. Callers use :meth:`dist`, which passes the condition exactly to those.
+    """
+
+    #: True: p(z|y), ``forward(cond)`` (CVAE priors); False: p(z), ``forward()``.
+    conditional: ClassVar[bool] = False
+
+    def dist(self, cond: Tensor | None = None) -> dist.Distribution:
+        """p(z), or p(z|cond) for a conditional prior (an unconditional prior ignores ``cond``)."""
+        if not self.conditional:
+            return self()  # type: ignore[no-any-return]
+        if cond is None:
+            raise ValueError(f"{type(self).__name__} is a conditional prior p(z|y): it needs the condition")
+        return self(cond)  # type: ignore[no-any-return]
+
+
 @register("prior", "standard_normal", context=("latent_dim",))
-class StandardNormal(nn.Module):
-    """N(0, I): the prior of the seeds and of Kingma & Welling (2014)."""
+class StandardNormal(Prior):
+    """N(0, I): the prior of Kingma & Welling (2014)."""
 
     #: Declares p(z) = N(0, I) exactly: estimators may write its log-density out (pyro_vae.estimators.fast).
     is_standard_normal = True
@@ -41,7 +68,7 @@ def _inv_softplus_one() -> float:
 
 
 @register("prior", "learned_normal", context=("latent_dim",))
-class LearnedNormal(nn.Module):
+class LearnedNormal(Prior):
     """N(mu, diag sigma^2) with learned mean and scale (starts at N(0, I)); analytic KL with Gaussian guides."""
 
     def __init__(self, *, latent_dim: int, min_scale: PositiveFloat = 1e-3) -> None:
@@ -58,7 +85,7 @@ class LearnedNormal(nn.Module):
 
 
 @register("prior", "mixture", context=("latent_dim",))
-class MixturePrior(nn.Module):
+class MixturePrior(Prior):
     """Gaussian mixture with K learned weights, means and diagonal scales (TFP's VAE example: K=100).
 
     No closed-form KL: ``meanfield`` uses Monte Carlo for the z term.
@@ -118,7 +145,7 @@ class EqualMixture(TorchDistribution):
 
 
 @register("prior", "vamp", context=("latent_dim", "event_shape", "guide"))
-class VampPrior(nn.Module):
+class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k) at K learned pseudo-inputs u_k.
 
     The guide is shared with the inference side (not a submodule here, so it is saved once). No
@@ -158,7 +185,7 @@ _FLOWS = {
 
 
 @register("prior", "flow", context=("latent_dim",))
-class FlowPrior(nn.Module):
+class FlowPrior(Prior):
     """N(0, I) pushed through learned Pyro transforms (MAF direction: log p(z) costs one pass per layer).
 
     Each layer is used inverted, so scoring z (what training needs) is the fast direction of Pyro's

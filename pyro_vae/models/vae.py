@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pyro
 import torch
@@ -17,10 +17,14 @@ from pyro import poutine
 from torch import nn
 
 from .._typing import Component, ComponentSpec, PositiveInt, Shape, Tensor
-from ..guides.base import AmortizedGuide
-from ..nets import Decoder, Networks
+from ..errors import SpecError
 from ..registry import REGISTRY, register
 from .likelihoods import Likelihood
+from .nets import Decoder, Networks
+from .priors import Prior
+
+if TYPE_CHECKING:  # the guide package imports models.nets: no import back at run time
+    from ..guides.base import AmortizedGuide
 
 
 class Generative(nn.Module):
@@ -40,8 +44,19 @@ class Generative(nn.Module):
         return type(self).forward is Generative.forward
 
     def prior_dist(self, cond: Tensor | None = None) -> Any:
-        """p(z), or p(z|cond) for a prior marked ``conditional = True`` (CVAE priors take ``cond``)."""
-        return self.prior(cond) if getattr(self.prior, "conditional", False) else self.prior()
+        """p(z), or p(z|cond) for a conditional :class:`~pyro_vae.models.priors.Prior` (CVAE priors take ``cond``).
+
+        A plain module (not a ``Prior``) is called without arguments: an unconditional p(z).
+        """
+        return self.prior.dist(cond) if isinstance(self.prior, Prior) else self.prior()
+
+    def log_joint(self, x: Tensor, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Unscaled log p(x, z) = log p(z) + log p(x|z) of :meth:`forward`'s sites, without Pyro's tracing.
+
+        ``z`` ``(..., B, D)`` for ``x`` ``(B, *event)``; returns ``(..., B)`` (``kl_weight`` never enters).
+        """
+        zc = z if cond is None else torch.cat([z, cond.expand(*z.shape[:-1], cond.shape[-1])], dim=-1)
+        return self.prior_dist(cond).log_prob(z) + self.likelihood(self.decoder(zc)).log_prob(x)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> None:
         with pyro.plate("data", x.shape[0], dim=-1):
@@ -136,8 +151,19 @@ def vae(
     )
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
     # The guide is built first: a VampPrior mixes the guide's posteriors at learned pseudo-inputs.
-    p = REGISTRY.build("prior", prior, latent_dim=latent_dim, event_shape=event_shape, guide=q)
+    p = check_prior(REGISTRY.build("prior", prior, latent_dim=latent_dim, event_shape=event_shape, guide=q), prior)
     return VAE(Generative(p, nets.decoder, lik), q)
+
+
+def check_prior(p: Any, cfg: Mapping[str, Any]) -> Prior:
+    """``p`` if the prior ``cfg`` named built a :class:`~pyro_vae.models.priors.Prior`, else one clear error."""
+    if not isinstance(p, Prior):
+        entry = REGISTRY.get("prior", cfg.get("kind"))
+        raise SpecError(
+            f"model.prior.kind: {cfg.get('kind')!r} ({entry.origin}) built a {type(p).__name__}, not a "
+            "pyro_vae.models.Prior; subclass Prior (forward() returns p(z))"
+        )
+    return p
 
 
 def build_model(resolved: Mapping[str, Any], event_shape: Shape, num_classes: int = 0) -> VAE:

@@ -12,9 +12,9 @@ from torch import nn
 
 from pyro_vae.errors import SpecError
 from pyro_vae.guides import DiagonalNormalGuide, FlowGuide
+from pyro_vae.models.nets import Encoder
 from pyro_vae.models.priors import EqualMixture, FlowPrior, LearnedNormal, MixturePrior, VampPrior
 from pyro_vae.models.vae import build_model
-from pyro_vae.nets import Encoder
 from pyro_vae.registry import REGISTRY
 from pyro_vae.spec import DEFAULT_SPEC, resolve
 
@@ -97,7 +97,7 @@ def test_vamp_log_prob_of_particle_batches_matches_a_loop_over_points_and_pseudo
 def test_vamp_training_loss_and_gradients_match_a_hand_written_elbo(beta: float) -> None:
     """Fast path and Pyro path give the VampPrior ELBO of Tomczak & Welling: beta (log p(z) - log q(z|x))
     with log p(z) = log mean_k q(z|u_k); gradients reach the pseudo-inputs and the shared encoder."""
-    from pyro_vae import fastpath
+    from pyro_vae.estimators import fast as fastpath
 
     torch.manual_seed(0)
     r = _spec("vamp", "diagonal_normal", "trace")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from pyro_vae.evaluation.evaluate import point_terms
 
 from pyro_vae import SpecError, fit
 from pyro_vae.cli import main
-from pyro_vae.evaluate import point_terms
 from pyro_vae.models.vqvae import Codebook, fit_code_prior, vq_metrics, vq_terms
 from pyro_vae.registry import REGISTRY
 
-SPEC = Path(__file__).resolve().parents[1] / "experiments" / "structured" / "vqvae_digits.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "experiments" / "structured" / "vqvae_digits.yaml"
 K, DIM = 5, 3
 
 

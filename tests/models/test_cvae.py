@@ -9,19 +9,19 @@ from pathlib import Path
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro_vae.evaluation.evaluate import point_terms
 from torch import nn
 
 from pyro_vae import SpecError, fit, resolve
 from pyro_vae.cli import main
-from pyro_vae.evaluate import point_terms
 from pyro_vae.guides.base import AmortizedGuide
 from pyro_vae.models.cvae import CVAE, ClassMeanPrior, ConditionalPrior
 from pyro_vae.models.likelihoods import Gaussian
+from pyro_vae.models.nets import Decoder
 from pyro_vae.models.vae import Generative
-from pyro_vae.nets import Decoder
 from pyro_vae.spec import DEFAULT_SPEC
 
-SPEC = Path(__file__).resolve().parents[1] / "experiments" / "structured" / "cvae_digits.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "experiments" / "structured" / "cvae_digits.yaml"
 C, D, F, SIGMA = 3, 2, 5, 0.7
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._typing import Activation, PositiveInt, Shape, Tensor
-from .errors import SpecError
-from .registry import register
+from .._typing import Activation, PositiveInt, Shape, Tensor
+from ..errors import SpecError
+from ..registry import register
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_vae.errors import SpecError
-from pyro_vae.nets import conv, mlp
+from pyro_vae.models.nets import conv, mlp
 
 
 @pytest.mark.parametrize("factory", [mlp, conv])
