@@ -343,8 +343,7 @@ def test_celeba_is_an_image_folder_configuration(tmp_path: Path) -> None:
 
 
 def test_resume_may_move_the_cache_and_evaluate_reads_the_same_data(tmp_path: Path) -> None:
-    from pyro_vae.evaluate import evaluate
-
+    from pyro_vae import evaluate
     from pyro_vae.rundir import load_run
 
     folder = classes_folder(tmp_path / "imgs", per_class=4)

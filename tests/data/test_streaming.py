@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from pyro_vae.distributed import shard_bounds
-from pyro_vae.interrupt import Interrupted
 
-from pyro_vae import checkpoint, fastpath, fit, streaming
+from pyro_vae import fit
+from pyro_vae.data import streaming
+from pyro_vae.rundir import checkpoint
+from pyro_vae.training import step as step_mod
+from pyro_vae.training.distributed import shard_bounds
+from pyro_vae.training.signals import Interrupted
 
 #: 256 points -> 230 train (valid_size 0.1): batches of 48, the last one ragged (38); dynamic binarization
 #: and IWAE draw noise every step, so a batch in another order or with other rows changes every number.
@@ -185,7 +188,7 @@ def test_streamed_resume_inside_an_epoch_equals_the_uninterrupted_run(
     in_memory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGINT during step 7 (epoch 2, 5 steps per epoch), streamed with a worker; --resume streamed."""
-    real = fastpath.train_step
+    real = step_mod.train_step
     calls = [0]
 
     def train_step(*args: Any, **kwargs: Any) -> Any:
@@ -196,7 +199,7 @@ def test_streamed_resume_inside_an_epoch_equals_the_uninterrupted_run(
 
     out = tmp_path / "s"
     with monkeypatch.context() as m:
-        m.setattr(fastpath, "train_step", train_step)
+        m.setattr(step_mod, "train_step", train_step)
         with pytest.raises(Interrupted):
             fit(overrides=[*RUN, "data.stream=true", "data.stream_workers=1"], out=out)
     state = checkpoint.load(out / "checkpoint.pt")
