@@ -29,7 +29,7 @@ def _fresh_rng():
 
 @pytest.fixture(autouse=True, scope="session")
 def _image_cache_in_tmp(tmp_path_factory):
-    """Decoded-image caches (pyro_vae/image_cache.py) go to a temporary folder, never ~/.cache."""
+    """Decoded-image caches (pyro_vae/data/image_cache.py) go to a temporary folder, never ~/.cache."""
     old = os.environ.get("PYRO_VAE_CACHE")
     os.environ["PYRO_VAE_CACHE"] = str(tmp_path_factory.mktemp("image-cache"))
     yield
