@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import rundir
 from ..errors import SpecError
 from ..evaluation import resources
 from ..evaluation.gradients import gradient_stats, stats_table
-from ..rundir import load_run
 from ..rundir import lock as runlock
 from ..rundir.checkpoint import atomic_write_text
 from .jobs import CompareOptions
@@ -74,7 +74,7 @@ def _cmd_gradients(a: Any) -> int:
     if a.out:
         runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
     held = runlock.open_reader(a.run_dir, "gradients")  # no writer may start on the run meanwhile
-    run = load_run(a.run_dir, device=a.device)
+    run = rundir.load_run(a.run_dir, device=a.device)
     run.vae.set_kl_weight(run.config["elbo"]["beta"])
     x, y = run.data.split(a.split)
     x, y = x[: a.points], (None if y is None else y[: a.points])

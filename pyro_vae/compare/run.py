@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from .. import rundir
 from ..errors import SpecError
 from ..evaluation import resources
 from ..evaluation.evaluate import Measure, point_terms, summarize
 from ..evaluation.gradients import GradientStats, gradient_stats
-from ..rundir import load_run, read_metrics
 from ..rundir import lock as runlock
 from ..training.loop import fit
 from ..training.signals import Interrupted, stage
@@ -95,8 +95,8 @@ def run_job(job: Job, options: CompareOptions = DEFAULT_OPTIONS, force: bool = F
         vae, data, history = done.vae, done.data, done.history
     except _BudgetReached:  # stopped after an epoch's checkpoint: evaluate what it saved
         stopped = True
-        run = load_run(job.run_dir)
-        vae, data, history = run.vae, run.data, read_metrics(run.paths.metrics)
+        run = rundir.load_run(job.run_dir)
+        vae, data, history = run.vae, run.data, rundir.read_metrics(run.paths.metrics)
     t0 = time.perf_counter()
     test_result = evaluate_model(vae, data, options)
     seconds = [r["seconds"] for r in history]
@@ -130,7 +130,7 @@ def evaluate_model(vae: Any, data: Any, options: CompareOptions = DEFAULT_OPTION
 
 def measure_gradients(job: Job, estimators: Sequence[str], options: CompareOptions) -> list[GradientStats]:
     """:func:`gradient_stats` at the parameters ``job`` trained, on its first test points."""
-    run = load_run(job.run_dir)
+    run = rundir.load_run(job.run_dir)
     run.vae.set_kl_weight(job.config["elbo"]["beta"])
     x, y = first_test_points(run.data, options.snr_points)
     return gradient_stats(run.vae, x, estimators, options.snr_particles, options.snr_draws, y=y)

@@ -17,10 +17,10 @@ import numpy as np
 import pyro
 import torch
 
+from .. import rundir
 from .._typing import Tensor
 from ..evaluation import resources
 from ..evaluation.evaluate import measure_of
-from ..rundir import load_run
 from ..rundir import lock as runlock
 from ..training.signals import stage
 from .density import check_guide, frozen
@@ -181,7 +181,7 @@ def diagnose(
             out, what="output directory"
         )  # a file, a device, '' or too long: refused before any computing
     held = runlock.open_reader(run_dir, "diagnose")  # no writer may start on the run meanwhile
-    run = load_run(run_dir, device=device)
+    run = rundir.load_run(run_dir, device=device)
     out_dir = Path(out) if out is not None else run.paths.root / "diagnostics"
     if runlock.is_inside(out_dir, run.paths.root):  # recorded in the run's own manifest
         owner, under = held, Path(os.path.relpath(os.path.realpath(out_dir), os.path.realpath(run.paths.root)))

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyro_vae.rundir as rundir_mod
-import pyro_vae.train as train_mod
+import pyro_vae.training.loop as train_mod
 from pyro_vae import cli, fit, resources, spec
 from pyro_vae.errors import MAX_MESSAGE, DataError, SpecError, brief
 from pyro_vae.models.vae import build_model
@@ -269,7 +269,7 @@ def test_conditional_model_without_labels_in_a_split_fails_before_training(
     def no_step(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(train_mod.fastpath, "train_step", no_step)
+    monkeypatch.setattr(train_mod.step_mod, "train_step", no_step)
     rng = np.random.default_rng(1)
     arrays: dict[str, Any] = {"y_train": np.arange(40) % 3, "y_test": np.arange(12) % 3}
     if missing == "y_valid":
@@ -478,7 +478,7 @@ def test_hours_of_final_evaluation_are_refused_before_training(
     def no_step(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a training step ran")
 
-    monkeypatch.setattr(train_mod.fastpath, "train_step", no_step)
+    monkeypatch.setattr(train_mod.step_mod, "train_step", no_step)
     line = _exit2(["train", *as_sets([*TINY, "train.eval_particles=1000000000"]), "--out", str(tmp_path / "o")], capsys)
     assert "the final evaluation" in line and "would take about" in line and "train.eval_particles" in line
 
@@ -496,15 +496,16 @@ def test_other_commands_refuse_what_cannot_fit_or_finish(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same class for every command: memory and time estimated from its options, before any work."""
-    compare_mod = importlib.import_module("pyro_vae.compare")  # the package re-exports functions of these names
-    diagnostics_mod = importlib.import_module("pyro_vae.diagnostics")
+    # the modules whose functions call these names (a package's re-export would not be the one called)
+    compare_run, compare_cli = (importlib.import_module(f"pyro_vae.compare.{m}") for m in ("run", "cli"))
+    diagnostics_run = importlib.import_module("pyro_vae.diagnostics.run")
 
     def no_work(*a: Any, **k: Any) -> Any:
         raise AssertionError("the work started")
 
-    monkeypatch.setattr(diagnostics_mod, "run_diagnostics", no_work)
-    monkeypatch.setattr(compare_mod, "gradient_stats", no_work)
-    monkeypatch.setattr(compare_mod, "run_job", no_work)
+    monkeypatch.setattr(diagnostics_run, "run_diagnostics", no_work)
+    monkeypatch.setattr(compare_cli, "gradient_stats", no_work)
+    monkeypatch.setattr(compare_run, "run_job", no_work)
     t0 = time.perf_counter()
     line = _exit2([str(run) if a == "RUN" else str(tmp_path / "c") if a == "OUT" else a for a in args], capsys)
     assert time.perf_counter() - t0 < 60
