@@ -236,6 +236,29 @@ def test_no_module_inside_the_package_imports_an_old_path() -> None:
     assert not found, "\n".join(sorted(set(found)))
 
 
+_IMPORT_ALL_SCRIPT = """
+import importlib, sys, warnings
+warnings.filterwarnings("error", message=r".* has moved to ", category=DeprecationWarning)
+names = sys.argv[1:]
+for name in names:
+    importlib.import_module(name)
+from pyro_vae.registry import GROUPS, REGISTRY
+for group in GROUPS:  # the registry imports its built-in modules by name on first use
+    REGISTRY.names(group)
+print(len(names))
+"""
+
+
+def test_importing_every_module_runs_no_old_path() -> None:
+    """The dynamic side of the check above: importing each module (and whatever it imports at run time,
+    ``importlib`` included) in a fresh interpreter never goes through an old path."""
+    names = [n for n in find_modules(PACKAGE_DIR) if not n.endswith("__main__")]
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_ALL_SCRIPT, *names], check=False, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == str(len(names))
+
+
 _OLD_PATHS_SCRIPT = """
 import importlib, json, sys, types, warnings
 import pyro_vae
