@@ -4,13 +4,13 @@ Both sources produce the same sequence of :class:`Batch` values for a given seed
 same numbers whichever is used (``tests/data/test_streaming.py`` checks metrics and parameters):
 
 - the epoch's order is one ``torch.randperm(N)`` drawn from the run's data-order generator when the
-  epoch's first batch is requested (as :meth:`pyro_vae.interrupt.Stop.batches` expects), cut into
+  epoch's first batch is requested (as :meth:`pyro_vae.training.signals.Stop.batches` expects), cut into
   global batches of ``train.batch_size`` rows;
 - under ``torchrun`` every rank draws the same permutation and keeps its contiguous block of each
-  global batch (:meth:`pyro_vae.distributed.Context.shard`): the sharding ``DistributedSampler`` gives,
+  global batch (:meth:`pyro_vae.training.distributed.Context.shard`): the sharding ``DistributedSampler`` gives,
   at batch rather than epoch granularity, so the per-step gradient sum is the single-process one;
 - resuming inside an epoch skips the batches already done without reading them: the source yields
-  ``None`` in their place and :meth:`~pyro_vae.interrupt.Stop.batches` drops those positions.
+  ``None`` in their place and :meth:`~pyro_vae.training.signals.Stop.batches` drops those positions.
 
 In memory (:class:`InMemoryBatches`) the training split lives on the training device and a batch is an
 index gather. Streamed (:class:`StreamingBatches`) it stays where it was loaded (CPU memory or a
