@@ -4,10 +4,11 @@
     res = fit(overrides=["train.epochs=5"])          # the embedded digits VAE
     print(evaluate(res.vae, res.data, "test", 1000).table())
 
-This module is the table of contents: every public name, whichever subpackage defines it. Subpackages
-(each re-exports its own public names): ``models``, ``guides``, ``estimators``, ``data``, ``training``,
-``rundir``, ``evaluation``, ``compare``, ``diagnostics``, ``plots``, ``cli``. A top-level name never hides
-a subpackage: ``pyro_vae.compare`` is the subpackage (its function is ``pyro_vae.compare.compare``).
+This module is the table of contents: the names users import, whichever subpackage defines them. The
+subpackages, each re-exporting its own public names: ``models``, ``guides``, ``estimators``, ``data``,
+``training``, ``rundir``, ``evaluation``, ``compare``, ``diagnostics``, ``plots``, ``cli``. A top-level
+name never hides a subpackage: ``pyro_vae.compare`` is the subpackage (its function is
+``pyro_vae.compare.compare``).
 
 Importing the package changes no global setting of Pyro or torch.
 """
