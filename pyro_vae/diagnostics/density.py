@@ -13,18 +13,17 @@ from torch import nn
 
 from .._typing import Tensor
 from ..errors import RunError
-from ..models.vae import Generative
 
 
 def log_joint(model: Any, x: Tensor, cond: Tensor | None, z: Tensor) -> Tensor:
     """Unscaled log p(x, z) of the Pyro ``model`` for ``z`` of shape ``(K, B, D)``; returns ``(K, B)``.
 
-    A plain :class:`~pyro_vae.models.vae.Generative` answers with its own
-    :meth:`~pyro_vae.models.vae.Generative.log_joint` (the same numbers as a trace of its ``forward``,
-    about half the cost per NUTS leapfrog step; a test checks they agree); any other model with sites
-    ``z`` and ``x`` goes through :func:`log_joint_traced`.
+    A model that declares ``supports_direct`` (a :class:`~pyro_vae.models.vae.Generative` whose program is
+    its own) answers with its :meth:`~pyro_vae.models.vae.Generative.log_joint`: the same numbers as a
+    trace of its ``forward`` at about half the cost per NUTS leapfrog step (a test checks they agree).
+    Any other model with sites ``z`` and ``x`` goes through :func:`log_joint_traced`.
     """
-    if type(model).forward is Generative.forward:
+    if getattr(model, "supports_direct", False):
         return model.log_joint(x, z, cond)
     return log_joint_traced(model, x, cond, z)
 

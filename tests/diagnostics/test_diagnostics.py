@@ -11,6 +11,7 @@ import json
 import math
 
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -102,6 +103,32 @@ def test_log_joint_matches_closed_form_and_trace():
     assert direct.shape == (3, 4)
     torch.testing.assert_close(direct, closed)
     torch.testing.assert_close(traced, closed)
+
+
+class TemperedGenerative(Generative):
+    """Its own program: an extra ``pyro.factor`` per point, so its log p(x, z) is not the plain one."""
+
+    def forward(self, x, cond=None):
+        super().forward(x, cond)
+        zero = torch.zeros(x.shape[0], D, dtype=x.dtype)
+        pyro.factor("again", self.likelihood(self.decoder(zero)).log_prob(x))  # (B,): one term per point
+
+
+def test_log_joint_uses_the_direct_form_only_for_the_model_s_own_program(monkeypatch):
+    vae, x, _ = linear_vae()
+    z = torch.randn(3, 4, D, dtype=torch.float64)
+    xb = x[:4]
+    calls = []
+    real = Generative.log_joint
+    monkeypatch.setattr(Generative, "log_joint", lambda self, *a: (calls.append(type(self)), real(self, *a))[1])
+    log_joint(vae.model, xb, None, z)
+    assert calls == [Generative]  # the plain program: no trace
+    m = vae.model
+    own = TemperedGenerative(m.prior, m.decoder, m.likelihood).double()
+    got = log_joint(own, xb, None, z)
+    assert calls == [Generative]  # another program: traced, whatever it adds
+    extra = m.likelihood(m.decoder(torch.zeros(4, D, dtype=torch.float64))).log_prob(xb)
+    torch.testing.assert_close(got, log_joint_traced(m, xb, None, z) + extra)
 
 
 def test_exact_guide_log_ratios_are_log_px():
