@@ -99,9 +99,10 @@ def load(names: Iterable[str], how: str = "plugins") -> list[str]:
 
 
 def load_requested(names: Iterable[str] | None) -> None:
-    """``--plugin`` modules: imported now and recorded in every spec this process resolves."""
-    mods = load(names or [], "--plugin")
-    _requested.extend(m for m in mods if m not in _requested)
+    """A command's ``--plugin`` modules: imported now and recorded in every spec it resolves (they
+    replace an earlier command's, when :func:`pyro_vae.cli.main` runs several in one process)."""
+    _requested.clear()
+    _requested[:] = load(names or [], "--plugin")
 
 
 def requested() -> list[str]:
