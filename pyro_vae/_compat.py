@@ -22,7 +22,16 @@ MOVED: dict[str, str] = {
     "pyro_vae.free_bits": "pyro_vae.estimators.free_bits",
     "pyro_vae.divergences": "pyro_vae.estimators.divergences",
     # training/
+    "pyro_vae.train": "pyro_vae.training.loop",
+    "pyro_vae.schedules": "pyro_vae.training.schedules",
+    "pyro_vae.nonfinite": "pyro_vae.training.nonfinite",
+    "pyro_vae.interrupt": "pyro_vae.training.signals",
+    "pyro_vae.distributed": "pyro_vae.training.distributed",
+    "pyro_vae.progress": "pyro_vae.training.progress",
+    "pyro_vae.trackers": "pyro_vae.training.trackers",
     # rundir/
+    "pyro_vae.runlock": "pyro_vae.rundir.lock",
+    "pyro_vae.checkpoint": "pyro_vae.rundir.checkpoint",
     # data/
     "pyro_vae.celeba": "pyro_vae.data.celeba",
     "pyro_vae.hf_data": "pyro_vae.data.hf",
@@ -30,11 +39,15 @@ MOVED: dict[str, str] = {
     "pyro_vae.image_folder": "pyro_vae.data.image_folder",
     "pyro_vae.streaming": "pyro_vae.data.streaming",
     # evaluation/
+    "pyro_vae.evaluate": "pyro_vae.evaluation.evaluate",
+    "pyro_vae.gradients": "pyro_vae.evaluation.gradients",
+    "pyro_vae.resources": "pyro_vae.evaluation.resources",
     # compare/, diagnostics/, plots/, cli/
     "pyro_vae.parallel": "pyro_vae.compare.parallel",
     "pyro_vae._arviz": "pyro_vae.diagnostics._arviz",
     "pyro_vae.plots_diagnostics": "pyro_vae.diagnostics.plots",
     # models/
+    "pyro_vae.nets": "pyro_vae.models.nets",
 }
 
 

@@ -64,7 +64,7 @@ def summary_numbers(run_dir: Path) -> dict[str, Any]:
 
 
 def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    from pyro_vae import checkpoint
+    from pyro_vae.rundir import checkpoint
 
     return checkpoint.load(Path(run_dir) / "checkpoint.pt")["model"]
 

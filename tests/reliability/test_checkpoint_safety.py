@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from pyro_vae import checkpoint, cli, load_run, spec
+from pyro_vae import cli, load_run, spec
 from pyro_vae.errors import RunError
+from pyro_vae.rundir import checkpoint
 
 from .conftest import one_clear_line
 

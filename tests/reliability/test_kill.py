@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import checkpoint
-from pyro_vae.checkpoint import SLOW_WRITE_ENV
-from pyro_vae.rundir import read_config
+from pyro_vae.rundir import checkpoint, read_config
+from pyro_vae.rundir.checkpoint import SLOW_WRITE_ENV
 
 from .conftest import TINY, as_sets, assert_same_tensors, model_tensors, subprocess_env, summary_numbers, without_time
 

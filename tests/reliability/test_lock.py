@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from pyro_vae import checkpoint, cli, fit, load_run, plots
+from pyro_vae import cli, fit, load_run, plots
 from pyro_vae.errors import PyroVAEError, RunError
-from pyro_vae.rundir import read_metrics
-from pyro_vae.runlock import LOCK, RunDir, open_writer
+from pyro_vae.rundir import checkpoint, read_metrics
+from pyro_vae.rundir.lock import LOCK, RunDir, open_writer
 
 from .conftest import TINY, as_sets, one_clear_line, run_cli, subprocess_env, without_time
 

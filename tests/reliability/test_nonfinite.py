@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-import pyro_vae.train as train_mod
-from pyro_vae import checkpoint, cli, fit
+import pyro_vae.training.loop as train_mod
+from pyro_vae import cli, fit
 from pyro_vae.errors import RunError
-from pyro_vae.train import NonFiniteLoss
+from pyro_vae.rundir import checkpoint
+from pyro_vae.training import NonFiniteLoss
 
 from .conftest import TINY, one_clear_line
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from pyro_vae import checkpoint, cli, fit
+from pyro_vae import cli, fit
 from pyro_vae import data as data_mod
 from pyro_vae.errors import RunError
-from pyro_vae.interrupt import Interrupted, resume_command
+from pyro_vae.rundir import checkpoint
+from pyro_vae.training.signals import Interrupted, resume_command
 
 from .conftest import (
     TINY,
@@ -228,7 +229,7 @@ def test_interrupted_run_can_be_evaluated(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_signal_during_a_step_finishes_that_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM inside step 8's forward pass: step 8 completes and is saved, then resume is exact."""
-    import pyro_vae.train as train_mod
+    import pyro_vae.training.loop as train_mod
 
     extra = VARIANTS["dynamic-iwae"]
     ref = _straight(tmp_path, extra)

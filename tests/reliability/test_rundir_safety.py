@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pyro_vae import cli, data, fit
 from pyro_vae.errors import PyroVAEError, RunError
-from pyro_vae.runlock import LOCK, MANIFEST, RunDir
+from pyro_vae.rundir.lock import LOCK, MANIFEST, RunDir
 
 from .conftest import TINY, as_sets, one_clear_line
 

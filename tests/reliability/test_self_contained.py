@@ -20,9 +20,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae import checkpoint, cli, fit, load_run
+from pyro_vae import cli, fit, load_run
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.rundir import pin_data_paths
+from pyro_vae.rundir import checkpoint, pin_data_paths
 
 from .conftest import TINY, one_clear_line
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
-import pyro_vae.train as train_mod
-from pyro_vae import checkpoint, cli, fit, interrupt
-from pyro_vae.interrupt import Interrupted
+import pyro_vae.training.loop as train_mod
+from pyro_vae import cli, fit
+from pyro_vae.rundir import checkpoint
+from pyro_vae.training import signals as interrupt
+from pyro_vae.training.signals import Interrupted
 
 from .conftest import TINY, as_sets, subprocess_env
 
@@ -90,14 +92,14 @@ def test_second_signal_leaves_at_once_with_a_line(signum: int, exc: type[BaseExc
 def test_signal_in_the_final_evaluation_stops_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fit: every epoch is checkpointed, so a signal in the final evaluation does not wait for it;
     ``--resume`` then writes the summary from the same checkpoint."""
-    real = train_mod._summary
+    real = train_mod.final_summary
 
     def slow_summary(*args: Any, **kwargs: Any) -> Any:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_summary", slow_summary)
+    monkeypatch.setattr(train_mod, "final_summary", slow_summary)
     out = tmp_path / "run"
     t0 = time.perf_counter()
     with pytest.raises(Interrupted, match="during the final evaluation; the checkpoint of epoch 3 is kept") as info:
@@ -105,7 +107,7 @@ def test_signal_in_the_final_evaluation_stops_at_once(tmp_path: Path, monkeypatc
     assert time.perf_counter() - t0 < 30
     assert info.value.exit_code == 143
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 3 and not (out / "summary.json").exists()
-    monkeypatch.setattr(train_mod, "_summary", real)
+    monkeypatch.setattr(train_mod, "final_summary", real)
     fit(out=out, resume=True)
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
 

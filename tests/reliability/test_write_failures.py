@@ -9,9 +9,10 @@ from typing import Any, Self
 
 import pytest
 
-import pyro_vae.checkpoint as ckpt_mod
-from pyro_vae import checkpoint, cli, fit
+import pyro_vae.rundir.checkpoint as ckpt_mod
+from pyro_vae import cli, fit
 from pyro_vae.errors import RunError
+from pyro_vae.rundir import checkpoint
 
 from .conftest import TINY, as_sets, one_clear_line
 

@@ -10,14 +10,15 @@ import math
 import pyro
 import pytest
 import torch
-
-from pyro_vae import fit, nonfinite
-from pyro_vae import train as train_mod
-from pyro_vae.checkpoint import load as load_ckpt
-from pyro_vae.cli import main
 from pyro_vae.evaluate import evaluate
-from pyro_vae.nonfinite import Diverged, check_divergence, divergence_threshold
+
+from pyro_vae import fit
+from pyro_vae.cli import main
 from pyro_vae.rundir import load_run
+from pyro_vae.rundir.checkpoint import load as load_ckpt
+from pyro_vae.training import loop as train_mod
+from pyro_vae.training import nonfinite
+from pyro_vae.training.nonfinite import Diverged, check_divergence, divergence_threshold
 
 CFG = {"elbo": {"kind": "dreg", "num_particles": 10}, "train": {"kl_schedule": "linear", "kl_steps": 3000, "lr": 5e-3},
        "model": {"likelihood": {"kind": "gaussian"}}}  # fmt: skip
@@ -105,7 +106,7 @@ def test_best_pt_is_the_best_validation_epoch_and_evaluate_scores_it(tmp_path, t
     def keep(record, vae):
         saved[record["epoch"]] = copy.deepcopy(vae.state_dict())
 
-    real = train_mod._epoch_eval
+    real = train_mod.epoch_eval
 
     def epoch_eval(vae, ds):  # epochs 3 and 4: the validation bound reported 20 nats lower (under the limit)
         out = real(vae, ds)
@@ -113,9 +114,9 @@ def test_best_pt_is_the_best_validation_epoch_and_evaluate_scores_it(tmp_path, t
             out["valid_elbo"] -= 20.0
         return out
 
-    monkeypatch.setattr(train_mod, "_epoch_eval", epoch_eval)
+    monkeypatch.setattr(train_mod, "epoch_eval", epoch_eval)
     fit(overrides=tiny + ["train.epochs=4", "train.figures=false"], out=run, callbacks={"on_epoch_end": [keep]})
-    monkeypatch.setattr(train_mod, "_epoch_eval", real)
+    monkeypatch.setattr(train_mod, "epoch_eval", real)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best_epoch = max(history, key=lambda r: r["valid_elbo"])["epoch"]
     assert best_epoch in (1, 2) and json.loads((run / "summary.json").read_text())["best_epoch"] == best_epoch
@@ -134,7 +135,7 @@ def test_best_pt_is_the_best_validation_epoch_and_evaluate_scores_it(tmp_path, t
 
 
 def test_cli_stops_a_divergence_with_one_line_and_exit_2(tmp_path, capsys, monkeypatch) -> None:
-    real = train_mod._epoch_eval
+    real = train_mod.epoch_eval
     calls = []
 
     def diverging(vae, ds):  # the held-out bound collapses by 1,000 nats from epoch 3 on, still finite
@@ -144,7 +145,7 @@ def test_cli_stops_a_divergence_with_one_line_and_exit_2(tmp_path, capsys, monke
             out = {k: v - 1000.0 if k.endswith("_elbo") else v for k, v in out.items()}
         return out
 
-    monkeypatch.setattr(train_mod, "_epoch_eval", diverging)
+    monkeypatch.setattr(train_mod, "epoch_eval", diverging)
     run = tmp_path / "run"
     argv = ["train", "--set", "train.epochs=4", "--set", "data.limit=256", "--set", "model.network.hidden=[32]",
             "--set", "train.progress=false", "--set", "train.figures=false", "--out", str(run)]  # fmt: skip
@@ -163,14 +164,14 @@ def test_cli_stops_a_divergence_with_one_line_and_exit_2(tmp_path, capsys, monke
 
 
 def test_resume_restores_a_best_pt_lost_between_the_two_writes(tmp_path, tiny, monkeypatch) -> None:
-    real = train_mod._epoch_eval
+    real = train_mod.epoch_eval
     calls = []
 
     def improving(vae, ds):  # every epoch reported 100 nats better than the last: epoch 2 is the best
         calls.append(1)
         return {k: v + 100.0 * len(calls) if k.endswith("_elbo") else v for k, v in real(vae, ds).items()}
 
-    monkeypatch.setattr(train_mod, "_epoch_eval", improving)
+    monkeypatch.setattr(train_mod, "epoch_eval", improving)
     run = tmp_path / "run"
     fit(overrides=tiny + ["train.epochs=2", "train.figures=false"], out=run)
     assert load_ckpt(run / "best.pt")["epoch"] == 2

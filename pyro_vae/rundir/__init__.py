@@ -4,6 +4,11 @@ A run is self-describing: its checkpoint holds the resolved spec it was trained 
 ``config.yaml`` is a readable copy that must agree with it) and a fingerprint of the data it saw, and
 data paths are stored absolute. A run directory can therefore be moved or loaded from any working
 directory and always scores the model and data it was trained on, or refuses with one line.
+
+- this module: the file names (:class:`RunPaths`), the config and data checks, :func:`load_run`;
+- :mod:`~pyro_vae.rundir.checkpoint`: checkpoints of tensors and plain containers, atomic writes,
+  the layout check a loaded checkpoint must pass;
+- :mod:`~pyro_vae.rundir.lock`: the manifest of the files the tool wrote and the one-writer lock.
 """
 
 from __future__ import annotations
@@ -17,13 +22,20 @@ from typing import Any
 
 import torch
 
+from .. import data as data_mod
+from .. import spec as spec_mod
+from ..data import Dataset
+from ..errors import DataError, RunError
+from ..models.vae import VAE, build_model
 from . import checkpoint
-from . import data as data_mod
-from . import spec as spec_mod
-from .data import Dataset
-from .errors import DataError, RunError
-from .models.vae import VAE, build_model
-from .runlock import RunDir, open_reader
+from .lock import RunDir, open_reader
+
+#: train.* keys that ``train --resume --set`` may change: how long and how the run is shown, logged and
+#: guarded; anything else would change the experiment.
+RESUMABLE_TRAIN = ("epochs", "progress", "progress_seconds", "figures", "eval_particles", "device", "max_bad_steps",
+                   "divergence_nats", "fast_path", "log_to", "mlflow_uri")  # fmt: skip
+#: data.* keys that ``train --resume --set`` may change: how the training split is read, not what it holds.
+RESUMABLE_DATA = ("stream", "memory_budget_gb", "stream_workers", "cache", "cache_dir", "decode_workers")
 
 
 @dataclass(frozen=True)
@@ -110,11 +122,10 @@ def check_config_agrees(on_disk: dict[str, Any], trained: dict[str, Any], paths:
     The settings ``train --resume --set`` may change (epochs, display, how data is streamed) are
     written to config.yaml when a resumed run starts, before its next checkpoint: they may differ.
     """
-    from .train import _RESUMABLE, _RESUMABLE_DATA  # the keys --resume may change
 
     def without_resumable(cfg: dict[str, Any]) -> dict[str, Any]:
-        return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in _RESUMABLE},
-                "data": {k: v for k, v in cfg["data"].items() if k not in _RESUMABLE_DATA}}  # fmt: skip
+        return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in RESUMABLE_TRAIN},
+                "data": {k: v for k, v in cfg["data"].items() if k not in RESUMABLE_DATA}}  # fmt: skip
 
     d = first_difference(without_resumable(trained), without_resumable(on_disk))
     if d is not None:
@@ -202,7 +213,9 @@ def load_run(run_dir: Path | str, device: str = "auto", which: str = "last") -> 
     ds = data_mod.load(cfg["data"], dev)
     check_data_agrees(state, ds, cfg, paths)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(dev)
-    checkpoint.load_model_state(vae, state.get("model"), f"checkpoint of {str(paths.root)!r}")  # names the first mismatch
+    checkpoint.load_model_state(
+        vae, state.get("model"), f"checkpoint of {str(paths.root)!r}"
+    )  # names the first mismatch
     vae.eval()
     return LoadedRun(cfg, vae, ds, paths, int(state["epoch"]), ckpt)
 
@@ -226,6 +239,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "RESUMABLE_DATA",
+    "RESUMABLE_TRAIN",
     "LoadedRun",
     "RunDir",
     "RunPaths",

@@ -4,7 +4,7 @@
 command; :func:`context` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``) and joins the process group (NCCL for CUDA tensors, gloo for CPU
 ones). With ``WORLD_SIZE`` unset or 1 there is no process group and ``fit`` runs as one process
-(the step noise below is used there too, which is what makes the runs comparable).
+(with the same step noise, pyro_vae/training/noise.py, which is what makes the runs comparable).
 
 What makes N processes train *the same model* as one process with the same global batch:
 
@@ -17,7 +17,7 @@ What makes N processes train *the same model* as one process with the same globa
   so ``sum_r d(L_r / B) = d(L / B)``: exactly the single-process gradient, ragged batches included
   (averaging over ranks, as DDP's default does, would weight a short shard wrongly). Parameters that
   got no gradient on any rank keep ``grad=None``, as in one process (Adam then leaves them alone).
-- **Noise.** :class:`StepNoise` draws the Gaussian noise of every reparameterized sample site (and
+- **Noise.** :class:`~pyro_vae.training.noise.StepNoise` draws the Gaussian noise of every reparameterized sample site (and
   dynamic binarization) for the *whole global batch* from a generator seeded by
   ``(seed, epoch, step)``, and each rank keeps its own rows. The draws for data point ``i`` are
   therefore the same whatever the world size (one process uses the same mechanism), and the runs
@@ -31,7 +31,7 @@ What makes N processes train *the same model* as one process with the same globa
   figures) and computes the evaluation metrics; :meth:`Context.on_main` runs such a function on rank 0
   and hands its result, or its error, to every rank, so a bad run directory stops all ranks with the
   same one-line message instead of leaving them waiting.
-- **Stops are collective.** A SIGINT/SIGTERM (pyro_vae/interrupt.py) on any rank is agreed on at the
+- **Stops are collective.** A SIGINT/SIGTERM (pyro_vae/training/signals.py) on any rank is agreed on at the
   next gradient all-reduce, so every rank stops after the same step and rank 0's mid-epoch checkpoint
   resumes exactly.
 
@@ -47,24 +47,21 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
-from pyro.poutine.messenger import Messenger
 
-from ._typing import Tensor
-from .errors import PyroVAEError, RunError
+from .._typing import Tensor
+from ..errors import PyroVAEError, RunError
+from .noise import DATA_PLATE, StepNoise
 
 T = TypeVar("T")
 
 #: The environment torchrun sets for every worker.
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-#: Name of the data plate shared by model and guide (see models/vae.py).
-DATA_PLATE = "data"
 
 
 def env_world_size() -> int:
@@ -210,10 +207,10 @@ class Context:
         ``loss / global_batch_size`` is the single-process value on every rank) and ``backward`` on
         it ends with one flat all-reduce (sum) of ``module``'s gradients, whoever calls ``backward``
         and ``optimizer.step`` (the training loop or a fused step function). It also makes the
-        running :func:`pyro_vae.interrupt.current` stop flag collective (:func:`_agree_on_stops`).
+        running :func:`pyro_vae.training.signals.current` stop flag collective (:func:`_agree_on_stops`).
         """
         if self.is_distributed:
-            from . import interrupt
+            from . import signals as interrupt
 
             _agree_on_stops(interrupt.current())
         return SyncedLoss(loss_fn, module, self)
@@ -221,10 +218,10 @@ class Context:
     def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum gradients over ranks (one flat all-reduce with a has-gradient flag per parameter).
 
-        The same buffer carries a stop flag: a SIGINT/SIGTERM seen by any rank (pyro_vae.interrupt)
+        The same buffer carries a stop flag: a SIGINT/SIGTERM seen by any rank (pyro_vae.training.signals)
         becomes every rank's stop request here, so all ranks stop after the same step.
         """
-        from . import interrupt
+        from . import signals as interrupt
 
         stop = interrupt.current()
         signum = getattr(stop, "_pending", None)
@@ -256,7 +253,7 @@ _SIGTERM = 15
 
 
 class _AgreedStop:
-    """Mixin for a :class:`pyro_vae.interrupt.Stop` of a distributed run: ``signum`` becomes collective.
+    """Mixin for a :class:`pyro_vae.training.signals.Stop` of a distributed run: ``signum`` becomes collective.
 
     A signal handler's ``stop.signum = n`` (``request``) only records a pending request; what the
     training loop reads (``signum``, ``requested``) is the value all ranks agreed on at the last
@@ -397,91 +394,8 @@ def is_main() -> bool:
     return rank() == 0
 
 
-# --------------------------------------------------------------------------- noise
-
-
-_NORMAL_MODULES = (
-    "torch.distributions.normal",
-    "torch.distributions.multivariate_normal",
-    "torch.distributions.lowrank_multivariate_normal",
-    "torch.distributions.studentT",
-)
-
-
-class StepNoise(Messenger):
-    """Pyro handler: Gaussian noise of unobserved sample sites drawn for the global batch.
-
-    Inside the handler, a site whose distribution draws its noise through torch's
-    ``_standard_normal`` (Normal and the families built on it) gets noise of the *global* batch
-    shape (the ``data`` plate's dim of size ``n_global``) from this step's generator; this rank keeps
-    rows ``[start, stop)``. Draws are made in program order with identical global shapes on every rank,
-    so the generator stays in step across ranks. :meth:`bernoulli` does the same for dynamic
-    binarization. With one rank (``start=0, stop=n_global``) it is just a seeded draw.
-    """
-
-    def __init__(self, seed: int, n_global: int, start: int, stop: int, device: Any = None) -> None:
-        super().__init__()
-        self.seed = seed
-        self.n_global, self.start, self.stop = n_global, start, stop
-        self._generators: dict[str, torch.Generator] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
-
-    def _draw(self, shape: tuple[int, ...], dim: int | None, dtype: Any, device: Any) -> Tensor:
-        """Standard normal noise of ``shape``; ``dim`` (if given) is the data dim, drawn globally and sliced."""
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        gen = self.generator(device)
-        n_local = self.stop - self.start
-        if dim is None or not (0 <= dim < len(shape)) or shape[dim] != n_local:
-            return torch.randn(shape, generator=gen, dtype=dtype, device=device)
-        full = list(shape)
-        full[dim] = self.n_global
-        eps = torch.randn(full, generator=gen, dtype=dtype, device=device)
-        return eps.narrow(dim, self.start, n_local)
-
-    def bernoulli(self, p: Tensor) -> Tensor:
-        """Dynamic binarization of this rank's rows ``p`` (dim 0 = data), uniforms drawn globally."""
-        gen = self.generator(p.device)
-        u = torch.rand((self.n_global, *p.shape[1:]), generator=gen, dtype=p.dtype, device=p.device)
-        return (u[self.start : self.stop] < p).to(p.dtype)
-
-    def _pyro_sample(self, msg: Any) -> None:
-        if msg["done"] or msg["is_observed"] or msg["value"] is not None:
-            return
-        fn = msg["fn"]
-        frames = [f for f in msg["cond_indep_stack"] if f.name == DATA_PLATE and f.dim is not None]
-        event_dims = len(getattr(fn, "event_shape", ()))
-
-        def standard_normal(shape: Any, dtype: Any = None, device: Any = None) -> Tensor:
-            shape = tuple(int(s) for s in shape)
-            dim = len(shape) - event_dims + frames[0].dim if frames else None
-            return self._draw(shape, dim, dtype, device)
-
-        with _patched_standard_normal(standard_normal):
-            msg["value"] = fn(*msg["args"], **msg["kwargs"])
-        msg["done"] = True
-
-
-@contextmanager
-def _patched_standard_normal(fn: Callable[..., Tensor]) -> Iterator[None]:
-    import importlib
-
-    mods = [importlib.import_module(m) for m in _NORMAL_MODULES]
-    saved = [m._standard_normal for m in mods]  # type: ignore[attr-defined]
-    for m in mods:
-        m._standard_normal = fn  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for m, f in zip(mods, saved):
-            m._standard_normal = f  # type: ignore[attr-defined]
-
-
 __all__ = [
+    "DATA_PLATE",
     "Context",
     "StepNoise",
     "SyncedLoss",

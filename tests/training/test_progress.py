@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae import progress
 from pyro_vae.cli import main
+from pyro_vae.training import progress
 
 TINY = ["train.epochs=3", "train.batch_size=64", "train.eval_particles=1", "train.figures=false", "data.limit=128",
         "model.latent_dim=2", "model.network.hidden=[32]"]  # fmt: skip
-EPOCH_LINE = re.compile(r"^digits-vae: epoch (\d)/3 train_objective=\S+ test_ce_bound=\S+ .*\[\d+\.\ds\]$")
+EPOCH_LINE = re.compile(r"^digits-vae: epoch (\d)/3 train_objective=\S+ lr=\S+ test_ce_bound=\S+ .*\[\d+\.\ds\]$")
 
 
 def _sets(overrides: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import RunError, brief
+from ..errors import RunError, brief
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 1
@@ -283,12 +283,16 @@ def load_model_state(module: torch.nn.Module, state: Any, where: str) -> None:
     if unexpected:
         k = unexpected[0]
         shape = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
-        raise RunError(f"{where} does not match its config: it holds {k!r} ({shape}), which the model lacks{more(unexpected)}")
+        raise RunError(
+            f"{where} does not match its config: it holds {k!r} ({shape}), which the model lacks{more(unexpected)}"
+        )
     for k, v in own.items():
         got = state[k]
         if not isinstance(got, torch.Tensor) or got.shape != v.shape:
             was = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise RunError(f"{where} does not match its config: {k!r} has shape {was}; the model needs {tuple(v.shape)}")
+            raise RunError(
+                f"{where} does not match its config: {k!r} has shape {was}; the model needs {tuple(v.shape)}"
+            )
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as e:  # e.g. a dtype that cannot be copied

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pyro_vae import trackers
 from pyro_vae.cli import main
 from pyro_vae.compare import CompareOptions, compare, plan, run_job
 from pyro_vae.errors import SpecError
-from pyro_vae.train import fit
+from pyro_vae.training import fit, trackers
 
 HAS_TB = importlib.util.find_spec("tensorboard") is not None
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from pyro_vae import fit, load_run
-from pyro_vae.checkpoint import load as load_ckpt
 from pyro_vae.errors import RunError, SpecError
+from pyro_vae.rundir.checkpoint import load as load_ckpt
 
 
 def test_fit_writes_the_run_directory_contract(tmp_path, tiny):

@@ -2,12 +2,13 @@
 
 Three guards, from the inside out:
 
-- a step whose loss or gradient is NaN/inf is skipped (the training loop's check); so is a step in
+- a step whose loss or gradient is NaN/inf is skipped (the training step's check, and after
+  ``train.max_bad_steps`` such steps in a row :func:`too_many_bad_steps` stops the run); so is a step in
   which a distribution refuses its NaN/inf parameters (Pyro's argument validation raises
   ``ValueError: ... found invalid values``): :class:`InvalidAsNaN` turns that error into a NaN loss;
 - after each epoch, :func:`check_record` stops the run if the held-out ELBO is NaN/inf (parameters
   that are finite but so large that the networks overflow), before that epoch is checkpointed;
-- :func:`pyro_vae.checkpoint.save` refuses to write NaN/inf parameters or optimizer state.
+- :func:`pyro_vae.rundir.checkpoint.save` refuses to write NaN/inf parameters or optimizer state.
 
 Each stop raises :class:`NonFiniteLoss` with the likely causes (learning rate, likelihood scale)
 and keeps the last good checkpoint.
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import RunError
+from ..errors import RunError
 
 
 class NonFiniteLoss(RunError):
@@ -91,18 +92,28 @@ def causes(cfg: Mapping[str, Any]) -> str:
     )
 
 
+def kept(checkpoint_path: Path) -> str:
+    """What a stop keeps: the last good checkpoint, when one was written."""
+    if Path(checkpoint_path).is_file():
+        return f"the last good checkpoint is in {str(checkpoint_path)!r}"
+    return "no checkpoint was written"
+
+
+def too_many_bad_steps(bad_in_row: int, epoch: int, cfg: Mapping[str, Any], checkpoint_path: Path) -> NonFiniteLoss:
+    """The error that stops training after ``bad_in_row`` consecutive skipped steps (``train.max_bad_steps``)."""
+    return NonFiniteLoss(
+        f"{bad_in_row} consecutive steps had a NaN/inf loss or gradient at epoch {epoch} "
+        f"(train.max_bad_steps: {cfg['train']['max_bad_steps']}); {causes(cfg)}; {kept(checkpoint_path)}"
+    )
+
+
 def check_record(record: Mapping[str, Any], cfg: Mapping[str, Any], checkpoint_path: Path) -> None:
     """Raise :class:`NonFiniteLoss` if an epoch's held-out numbers are NaN/inf (before it is saved)."""
     bad = [k for k, v in record.items() if k.endswith(("_elbo", "_kl", "_reconstruction")) and not math.isfinite(v)]
     if bad:
-        last = (
-            f"the last good checkpoint is in {str(checkpoint_path)!r}"
-            if Path(checkpoint_path).is_file()
-            else "no checkpoint was written"
-        )
         raise NonFiniteLoss(
             f"epoch {record['epoch']} ended with a non-finite {bad[0]} ({record[bad[0]]}): the model has blown up; "
-            f"{causes(cfg)}; {last}"
+            f"{causes(cfg)}; {kept(checkpoint_path)}"
         )
 
 
@@ -152,7 +163,9 @@ def check_divergence(
     elbo, train = cfg.get("elbo", {}), cfg.get("train", {})
     kind, schedule = elbo.get("kind", "?"), train.get("kl_schedule", "constant")
     estimator = f"elbo.kind: {kind}" + (f" (num_particles {elbo['num_particles']})" if "num_particles" in elbo else "")
-    sched = f"train.kl_schedule: {schedule}" + ("" if schedule == "constant" else f" (kl_steps {train.get('kl_steps')})")
+    sched = f"train.kl_schedule: {schedule}" + (
+        "" if schedule == "constant" else f" (kl_steps {train.get('kl_steps')})"
+    )
     lr = f"lower train.lr ({train.get('lr', float('nan')):g})"
     if kind in PATH_DERIVATIVE:
         warm = schedule != "constant"
@@ -188,4 +201,6 @@ __all__ = [
     "divergence_threshold",
     "held_out_key",
     "is_invalid_values",
+    "kept",
+    "too_many_bad_steps",
 ]

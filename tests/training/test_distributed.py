@@ -1,4 +1,4 @@
-"""Data-parallel training (pyro_vae/distributed.py): N ranks train the model one process trains.
+"""Data-parallel training (pyro_vae/training/distributed.py): N ranks train the model one process trains.
 
 In-process checks of the two facts it rests on (per-row noise that does not depend on the sharding,
 and shard losses / global batch size whose gradients sum to the full-batch gradient), then the real
@@ -22,9 +22,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyro_vae import distributed as D
 from pyro_vae.registry import REGISTRY
-from pyro_vae.train import fit
+from pyro_vae.training import distributed as D
+from pyro_vae.training import fit
 
 # --------------------------------------------------------------------------- sharding
 
@@ -144,7 +144,7 @@ def _grads(vae, elbo_spec, x, rows, world, fast):
     """Summed gradients of the shards' losses / global batch size (what the all-reduce computes)."""
     loss_fn = REGISTRY.build("elbo", elbo_spec)(vae.model, vae.guide)
     if fast:
-        loss_fn = pytest.importorskip("pyro_vae.fastpath").accelerate(loss_fn)
+        loss_fn = pytest.importorskip("pyro_vae.estimators.fast").accelerate(loss_fn)
     vae.zero_grad(set_to_none=True)
     total = 0.0
     for r in range(world):

@@ -1,4 +1,4 @@
-"""beta and KL schedules (pyro_vae/schedules.py, elbo.beta, train.kl_schedule).
+"""beta and KL schedules (pyro_vae/training/schedules.py, elbo.beta, train.kl_schedule).
 
 What beta means, checked on fixed random draws: for ``trace`` the loss is exactly
 -(E[log p(x|z)] - beta * KL_mc); for ``meanfield`` -(E[log p(x|z)] - beta * KL_analytic); for the
@@ -22,11 +22,11 @@ from pyro_vae.data import load
 from pyro_vae.estimators import log_terms
 from pyro_vae.models.vae import build_model
 from pyro_vae.registry import REGISTRY
-from pyro_vae.schedules import burda_stage, kl_factor, lr_factor
-from pyro_vae.train import read_metrics
+from pyro_vae.rundir import read_metrics
 from pyro_vae.spec import DEFAULT_SPEC, apply_overrides
+from pyro_vae.training.schedules import burda_stage, kl_factor, lr_factor
 
-SPEC = Path(__file__).resolve().parents[1] / "experiments" / "structured" / "beta_vae_digits.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "experiments" / "structured" / "beta_vae_digits.yaml"
 BETAS = [0.5, 1.0, 4.0]
 
 
@@ -187,7 +187,7 @@ def test_lr_schedule_and_eps_reach_the_optimizer_and_survive_resume(tmp_path: Pa
 
 def test_adam_eps_is_the_specs(tmp_path: Path) -> None:
     from pyro_vae.spec import TrainConfig
-    from pyro_vae.train import make_optimizer
+    from pyro_vae.training import make_optimizer
 
     opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(eps=1e-4))
     assert opt.param_groups[0]["eps"] == 1e-4

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import RunError, SpecError
+from ..errors import RunError, SpecError
 
 MANIFEST = ".pyro-vae-manifest.json"
 LOCK = ".pyro-vae.lock"
@@ -470,7 +470,13 @@ def _umask() -> int:
 
 #: What a run directory written before manifests existed holds, by the names that version used.
 _EARLIER_RUN_FILES = (
-    "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "best.pt", "eval.json", "gradients.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoint.pt",
+    "best.pt",
+    "eval.json",
+    "gradients.json",
 )
 _EARLIER_FIGURES = ("loss.png", "reconstructions.png", "samples.png", "latent.png", "manifold.png", "samples_cli.png")
 

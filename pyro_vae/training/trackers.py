@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from .errors import PyroVAEError, RunError, SpecError
+from ..errors import PyroVAEError, RunError, SpecError
 
 #: The trackers ``train.log_to`` accepts, with the Python module each needs and the extra that installs it.
 TRACKERS: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
@@ -70,7 +70,9 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
+            out[key] = (
+                v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
+            )
     return out
 
 
@@ -84,7 +86,7 @@ def _numbers(record: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str,
 
 def _record_written(root: Path, files: Iterable[Path]) -> None:
     """Name files (and folders) a tracker library created, with names it chose, in the run directory's manifest."""
-    from .runlock import RunDir
+    from ..rundir.lock import RunDir
 
     rd = RunDir(root)
     if rd.is_run():
@@ -159,7 +161,9 @@ class _MLflow:
         else:
             exp_id = exp.experiment_id
         run_dir = str(root.resolve())
-        found = [r for r in self.client.search_runs([exp_id], max_results=1000) if r.data.tags.get(RUN_DIR_TAG) == run_dir]
+        found = [
+            r for r in self.client.search_runs([exp_id], max_results=1000) if r.data.tags.get(RUN_DIR_TAG) == run_dir
+        ]
         tags = {RUN_DIR_TAG: run_dir, "estimator": str(cfg["elbo"]["kind"]), **tracking.tags}
         if found:  # a resumed run: continue its MLflow run
             self.run_id = found[0].info.run_id
@@ -288,7 +292,9 @@ def open_trackers(
         raise
     except Exception as e:  # noqa: BLE001 - an unreachable or unsupported store, an unwritable folder: one line
         Trackers(backends).close("FAILED")
-        where = f"train.mlflow_uri {mlflow_uri!r}" if backends or "tensorboard" not in names else str(root / "tensorboard")
+        where = (
+            f"train.mlflow_uri {mlflow_uri!r}" if backends or "tensorboard" not in names else str(root / "tensorboard")
+        )
         first = " ".join(str(e).split())[:300]
         raise RunError(f"cannot open the experiment tracker at {where}: {type(e).__name__}: {first}") from None
     return Trackers(backends)
