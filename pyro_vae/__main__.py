@@ -1,4 +1,4 @@
 from .cli import main
-from .distributed import exit_process  # under torchrun: leaves without the process group's C++ teardown
+from .training.distributed import exit_process  # under torchrun: leaves without the process group's C++ teardown
 
 exit_process(main())
