@@ -31,7 +31,24 @@ from ._typing import (
 )
 from .errors import PyroVAEError, SpecError, brief, cut, input_file
 from .registry import REGISTRY, Param, signature_params
-from .rundir.lock import check_run_name
+
+#: Longest spec ``name``: it becomes one path component, ``runs/NAME-TIMESTAMP``.
+MAX_NAME = 100
+
+
+def check_run_name(name: str) -> str:
+    """A spec's ``name`` becomes one path component of ``runs/NAME-TIMESTAMP``: refuse anything else."""
+    shown = repr(name[:40] + ("..." if len(name) > 40 else ""))
+    if not name or not name.strip():
+        raise SpecError("name: must not be empty; e.g. name: mnist-iwae")
+    if len(name) > MAX_NAME:
+        raise SpecError(f"name: {shown} is {len(name)} characters; at most {MAX_NAME}")
+    if not name.isprintable() or "/" in name or "\\" in name or name in (".", "..") or name.startswith((".", "-")):
+        raise SpecError(
+            f"name: {shown} is not a plain file name (no '/', '\\', control characters, leading '.' or '-'); "
+            "e.g. name: mnist-iwae"
+        )
+    return name
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import RunError, SpecError
+from ..spec import check_run_name  # re-exported: a run's name is checked where the spec is
 
 MANIFEST = ".pyro-vae-manifest.json"
 LOCK = ".pyro-vae.lock"
 _FORMAT = "pyro-vae-manifest"
-#: Longest name allowed for a run (``runs/NAME-YYYYmmdd-HHMMSS`` must stay a valid file name).
-MAX_NAME = 100
 #: Room kept below PATH_MAX for the files the tool writes inside an output directory.
 _INNER_ROOM = 64
 
@@ -45,21 +44,6 @@ _HELD: contextvars.ContextVar[list[RunDir] | None] = contextvars.ContextVar("pyr
 
 
 # --------------------------------------------------------------------------- validating paths
-
-
-def check_run_name(name: str) -> str:
-    """A spec's ``name`` becomes one path component of ``runs/NAME-TIMESTAMP``: refuse anything else."""
-    shown = repr(name[:40] + ("..." if len(name) > 40 else ""))
-    if not name or not name.strip():
-        raise SpecError("name: must not be empty; e.g. name: mnist-iwae")
-    if len(name) > MAX_NAME:
-        raise SpecError(f"name: {shown} is {len(name)} characters; at most {MAX_NAME}")
-    if not name.isprintable() or "/" in name or "\\" in name or name in (".", "..") or name.startswith((".", "-")):
-        raise SpecError(
-            f"name: {shown} is not a plain file name (no '/', '\\', control characters, leading '.' or '-'); "
-            "e.g. name: mnist-iwae"
-        )
-    return name
 
 
 def check_out_dir(path: str | os.PathLike[str], flag: str = "--out", what: str = "run directory") -> Path:

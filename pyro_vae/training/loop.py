@@ -219,7 +219,7 @@ def _resolve_spec(spec: Any, overrides: tuple[str, ...] | list[str]) -> dict[str
 
 
 def default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{runlock.check_run_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{spec_mod.check_run_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _build_model(
