@@ -306,50 +306,56 @@ def point_terms(
     was_training = vae.training
     device = next((p.device for p in vae.parameters()), x.device)  # a streamed training split stays on the CPU
     fast = direct_supported(vae)
+    # on the CPU the standard MLP decoder scores its blocks on one thread per core (log_weights.Blocks)
+    threaded = fast and device.type == "cpu" and log_weights.MLPBernoulli.of(vae.model) is not None
+    workers = torch.get_num_threads() if threaded else 1
     vae.eval()
     try:
-        for s in range(0, len(x), per):
-            xb = as_float(x[s : s + per].to(device))  # uint8 (8-bit pixels) -> x / 255, one chunk at a time
-            yb = None if y is None else y[s : s + per].to(device)
-            cond = vae.cond(yb)
-            lse_parts: list[Tensor] = []
-            sum_w: Tensor | float = 0.0
-            sum_rec: Tensor | float = 0.0
-            sum_lat: Tensor | float = 0.0
-            draws: Tensor | None = None
-            done = num_particles if fast else 0  # the direct form below, else Pyro's traces chunk by chunk
-            q: Any = None
-            if fast:
-                q = vae.guide.dist(xb, cond)  # the encoder runs once per point, whatever the particle chunks
-                lse, sum_w, sum_rec, sum_lat = log_weights.direct_sums(vae, q, xb, cond, num_particles, chunk)
-                lse_parts.append(lse)
-            while done < num_particles:
-                k = min(chunk, num_particles - done)
-                t = log_terms(vae.model, vae.guide, (xb, cond), {}, k, scaled=False)
-                lw = t.log_weight
-                lse_parts.append(torch.logsumexp(lw, 0))
-                sum_w = sum_w + lw.sum(0)
-                sum_rec = sum_rec + t.obs.sum(0)
-                sum_lat = sum_lat + t.latent.sum(0)
-                if draws is None and "z" in t.guide_trace.nodes:
-                    draws = t.guide_trace.nodes["z"]["value"]
-                done += k
-            # num_particles >= 1, so the loop ran and the sums are tensors
-            assert isinstance(sum_w, Tensor) and isinstance(sum_rec, Tensor) and isinstance(sum_lat, Tensor)
-            ll = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_particles)
-            out["ll"].append(ll)
-            out["elbo"].append(sum_w / num_particles)
-            out["rec"].append(sum_rec / num_particles)
-            out["kl"].append(-sum_lat / num_particles)
-            if not means:
-                mean = noise = torch.empty(len(xb), 0, device=xb.device)
-            elif hasattr(vae.guide, "dist"):
-                mean, noise = posterior_mean_stats(vae, xb, yb, row_budget=row_budget, q=q)
-            else:
-                assert draws is not None, "the guide trace has no 'z' site"
-                mean, noise = _trace_mean_stats(draws)
-            out["mean"].append(mean)
-            out["noise"].append(noise)
+        with log_weights.Blocks(workers) as blocks:
+            for s in range(0, len(x), per):
+                xb = as_float(x[s : s + per].to(device))  # uint8 (8-bit pixels) -> x / 255, one chunk at a time
+                yb = None if y is None else y[s : s + per].to(device)
+                cond = vae.cond(yb)
+                lse_parts: list[Tensor] = []
+                sum_w: Tensor | float = 0.0
+                sum_rec: Tensor | float = 0.0
+                sum_lat: Tensor | float = 0.0
+                draws: Tensor | None = None
+                done = num_particles if fast else 0  # the direct form below, else Pyro's traces chunk by chunk
+                q: Any = None
+                if fast:
+                    q = vae.guide.dist(xb, cond)  # the encoder runs once per point, whatever the particle chunks
+                    lse, sum_w, sum_rec, sum_lat = log_weights.direct_sums(
+                        vae, q, xb, cond, num_particles, chunk, blocks=blocks
+                    )
+                    lse_parts.append(lse)
+                while done < num_particles:
+                    k = min(chunk, num_particles - done)
+                    t = log_terms(vae.model, vae.guide, (xb, cond), {}, k, scaled=False)
+                    lw = t.log_weight
+                    lse_parts.append(torch.logsumexp(lw, 0))
+                    sum_w = sum_w + lw.sum(0)
+                    sum_rec = sum_rec + t.obs.sum(0)
+                    sum_lat = sum_lat + t.latent.sum(0)
+                    if draws is None and "z" in t.guide_trace.nodes:
+                        draws = t.guide_trace.nodes["z"]["value"]
+                    done += k
+                # num_particles >= 1, so the loop ran and the sums are tensors
+                assert isinstance(sum_w, Tensor) and isinstance(sum_rec, Tensor) and isinstance(sum_lat, Tensor)
+                ll = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_particles)
+                out["ll"].append(ll)
+                out["elbo"].append(sum_w / num_particles)
+                out["rec"].append(sum_rec / num_particles)
+                out["kl"].append(-sum_lat / num_particles)
+                if not means:
+                    mean = noise = torch.empty(len(xb), 0, device=xb.device)
+                elif hasattr(vae.guide, "dist"):
+                    mean, noise = posterior_mean_stats(vae, xb, yb, row_budget=row_budget, q=q)
+                else:
+                    assert draws is not None, "the guide trace has no 'z' site"
+                    mean, noise = _trace_mean_stats(draws)
+                out["mean"].append(mean)
+                out["noise"].append(noise)
     finally:
         vae.train(was_training)
     cat = {k: torch.cat(v) for k, v in out.items()}

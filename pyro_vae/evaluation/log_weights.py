@@ -22,13 +22,16 @@ Any other decoder or likelihood runs through its own modules on the same blocks.
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _internals
 from .._typing import Tensor
 from ..estimators import fast
 from ..models import likelihoods
@@ -78,25 +81,33 @@ def softplus_sum_(logits: Tensor) -> Tensor:
     return (signed + absolute).mul_(0.5).sub_(log_sig)
 
 
+class Workspace:
+    """The buffers one thread scores :class:`MLPBernoulli` blocks in: the decoder's input, each hidden
+    layer and the logits, for at most ``rows`` rows (allocated once, reused by every block)."""
+
+    def __init__(self, plan: MLPBernoulli, rows: int, like: Tensor) -> None:
+        first = plan.layers[0][0]
+        self.zin = like.new_empty((rows, first.in_features))
+        self.hidden = [like.new_empty((rows, lin.out_features)) for lin, _ in plan.layers[:-1]]
+        self.logits = like.new_empty((rows, plan.layers[-1][0].out_features))
+
+
 class MLPBernoulli:
     """The decoder ``Sequential(Linear, act, ..., Linear)`` with a Bernoulli likelihood, run in buffers.
 
-    ``of(model)`` returns None for anything else (another network, likelihood or activation, a subclass
-    that may compute something else). The layers' functions are called, not the modules: forward hooks
-    registered on them do not run here. The buffers are allocated once, for ``rows`` rows.
+    :meth:`of` returns None for anything else (another network, likelihood or activation, a subclass
+    that may compute something else, forward hooks on the decoder: the layers' functions are called
+    here, not the modules).
     """
 
-    def __init__(self, layers: list[tuple[nn.Linear, list[nn.Module]]], rows: int, like: Tensor) -> None:
+    def __init__(self, layers: list[tuple[nn.Linear, list[nn.Module]]]) -> None:
         self.layers = layers
-        self.rows = rows
-        self.buffers = [like.new_empty((rows, lin.out_features)) for lin, _ in layers[:-1]]
-        self.logits = like.new_empty((rows, layers[-1][0].out_features))
 
     @staticmethod
-    def of(model: Any, rows: int, like: Tensor) -> MLPBernoulli | None:
+    def of(model: Any) -> MLPBernoulli | None:
         lik, dec = getattr(model, "likelihood", None), getattr(model, "decoder", None)
-        if type(lik) is not likelihoods.Bernoulli or type(dec) is not Decoder:
-            return None
+        if type(lik) is not likelihoods.Bernoulli or type(dec) is not Decoder or _internals.has_hooks(dec):
+            return None  # (hooks: a decoder with forward hooks runs as modules, so that they run)
         body = dec.body
         if type(body) is not nn.Sequential or not len(body):
             return None
@@ -113,22 +124,11 @@ class MLPBernoulli:
             return None  # an activation on the logits, or not one logit per pixel
         if tuple(dec.out_shape) != (1, *lik.event_shape):
             return None
-        return MLPBernoulli(layers, rows, like)
+        return MLPBernoulli(layers)
 
-    def hidden(self, zin: Tensor) -> Tensor:
-        """The last hidden layer for ``zin`` ``(R, in_features)``, in a buffer (valid until the next call)."""
-        r = len(zin)
-        h = zin
-        for (lin, acts), buf in zip(self.layers[:-1], self.buffers, strict=True):
-            out = buf[:r]
-            if lin.bias is None:
-                torch.mm(h, lin.weight.t(), out=out)
-            else:
-                torch.addmm(lin.bias, h, lin.weight.t(), out=out)
-            for act in acts:
-                _IN_PLACE[type(act)](act, out)
-            h = out
-        return h
+    @property
+    def pixels(self) -> int:
+        return self.layers[-1][0].out_features
 
     def projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(W^T x, x . b) of the last layer for each point of ``x`` ``(B, *event)``: ``(B, H)`` and ``(B,)``."""
@@ -137,16 +137,80 @@ class MLPBernoulli:
         assert last.bias is not None
         return xf @ last.weight, xf @ last.bias
 
-    def log_mass(self, zin: Tensor, proj: Tensor, offset: Tensor, pb: int) -> Tensor:
-        """log p(x|z) = x . l - sum_i softplus(l_i), ``(pb, R / pb)``, for the rows ``zin`` of ``pb``
-        consecutive points (point-major), given their :meth:`projections`."""
-        r = len(zin)
-        h = self.hidden(zin)
+    def log_mass(self, ws: Workspace, z: Tensor, cond: Tensor | None, proj: Tensor, offset: Tensor) -> Tensor:
+        """log p(x|z) = x . l - sum_i softplus(l_i), ``(n, m)``, for draws ``z`` ``(m, n, D)`` of ``n``
+        points (conditions ``cond`` ``(n, C)``), given the points' :meth:`projections`, in ``ws``."""
+        m, n, d = z.shape
+        r = n * m
+        zin = ws.zin[:r].view(n, m, -1)  # point-major rows
+        zin[..., :d].copy_(z.transpose(0, 1))
+        if cond is not None:
+            zin[..., d:].copy_(cond.unsqueeze(1).expand(n, m, cond.shape[-1]))
+        h = ws.zin[:r]
+        for (lin, acts), buf in zip(self.layers[:-1], ws.hidden, strict=True):
+            out = buf[:r]
+            if lin.bias is None:
+                torch.mm(h, lin.weight.t(), out=out)
+            else:
+                torch.addmm(lin.bias, h, lin.weight.t(), out=out)
+            for act in acts:
+                _IN_PLACE[type(act)](act, out)
+            h = out
         last = self.layers[-1][0]
-        logits = self.logits[:r]
-        torch.addmm(last.bias, h, last.weight.t(), out=logits)  # type: ignore[arg-type]
-        dot = torch.bmm(h.view(pb, r // pb, -1), proj.unsqueeze(-1)).squeeze(-1).add_(offset.unsqueeze(-1))
-        return dot.sub_(softplus_sum_(logits).view(pb, r // pb))
+        assert last.bias is not None
+        logits = torch.addmm(last.bias, h, last.weight.t(), out=ws.logits[:r])
+        dot = torch.bmm(h.view(n, m, -1), proj.unsqueeze(-1)).squeeze(-1).add_(offset.unsqueeze(-1))
+        return dot.sub_(softplus_sum_(logits).view(n, m))
+
+
+class Blocks:
+    """Runs the blocks of a particle chunk on ``workers`` threads, each with its own :class:`Workspace`.
+
+    A context manager: with more than one worker, torch's own intra-op threads are set to one while it
+    is open (and restored after), so the threads never wait on each other inside an operation: each
+    block is a sequence of single-threaded operations on its own rows, handed to whichever thread is
+    free (operations release the GIL). On a shared machine a slow thread delays one block, not every
+    operation. The blocks write disjoint slices and are summed in a fixed order afterwards, so the
+    results do not depend on the number of workers.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, int(workers))
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads = 0
+        self._spaces: dict[tuple[int, int], queue.SimpleQueue[Workspace]] = {}
+
+    def __enter__(self) -> Self:
+        if self.workers > 1:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(
+                self.workers, "pyro-vae-eval", initializer=torch.set_num_threads, initargs=(1,)
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+            torch.set_num_threads(self._threads)
+
+    def spaces(self, plan: MLPBernoulli, rows: int, like: Tensor) -> queue.SimpleQueue[Workspace]:
+        """One workspace per worker for ``plan`` (allocated on first use, then reused)."""
+        key = (id(plan.layers[0][0]), rows)
+        if key not in self._spaces:
+            self._spaces[key] = queue.SimpleQueue()
+            for _ in range(self.workers):
+                self._spaces[key].put(Workspace(plan, rows, like))
+        return self._spaces[key]
+
+    def run(self, fn: Callable[[Any], None], tasks: list[Any]) -> None:
+        if self._pool is None or len(tasks) < 2:
+            for t in tasks:
+                fn(t)
+        else:
+            for _ in self._pool.map(fn, tasks):  # re-raises a worker's exception here
+                pass
 
 
 def _softplus_sum(logits: Tensor) -> Tensor:
@@ -178,43 +242,52 @@ def _blocks(k: int, b: int, rows: int) -> tuple[int, int]:
 
 
 def direct_sums(
-    vae: Any, q: Any, x: Tensor, cond: Tensor | None, num_particles: int, chunk: int, block_rows: int = BLOCK_ROWS
+    vae: Any,
+    q: Any,
+    x: Tensor,
+    cond: Tensor | None,
+    num_particles: int,
+    chunk: int,
+    block_rows: int | None = None,
+    blocks: Blocks | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(logsumexp_k log w_k, sum_k log w_k, sum_k log p(x|z_k), sum_k [log p(z_k) - log q(z_k|x)])``
     per point of ``x`` over ``num_particles`` draws z_k ~ q(z|x) (``q``: the guide's distribution for
-    these points), drawn ``chunk`` particles at a time, scored in blocks of at most ``block_rows`` rows.
+    these points), drawn ``chunk`` particles at a time, scored in blocks of at most ``block_rows`` rows
+    (on the threads of ``blocks``; one thread without it). Default: :data:`BLOCK_ROWS` on the CPU; on an
+    accelerator a whole chunk per block (large kernels, nothing to keep in a CPU cache).
 
-    The log-sum-exp runs over the blocks as they come (a running maximum), so chunk and block sizes
-    change only the float rounding.
+    The sums run over the chunks as they come (a running maximum for the log-sum-exp), so chunk and
+    block sizes change only the float rounding, and the number of threads changes nothing.
     """
     model = vae.model
+    blocks = blocks or Blocks(1)
     b = len(x)
     standard = type(model.prior) is StandardNormal and type(model).prior_dist is Generative.prior_dist
     prior: Any = None if standard else fast.prior_of(model, cond)
     qn = fast.diag_normal(q)
     n_lat = q.event_shape[-1] if q.event_shape else 1
     chunk = min(chunk, num_particles)
+    if block_rows is None:
+        block_rows = BLOCK_ROWS if x.device.type == "cpu" else b * chunk
     c_dim = 0 if cond is None else cond.shape[-1]
-    mlp: MLPBernoulli | None = None
+    plan = MLPBernoulli.of(model)
     if qn is not None:
         loc, scale = qn
-        lead = loc.shape  # (B, D)
         eps_buf, z_buf = loc.new_empty(chunk * loc.numel()), loc.new_empty(chunk * loc.numel())
         log_scale = scale.log()
-        pixels = math.prod(model.likelihood.event_shape)
-        rows = min(max(1, min(block_rows, BLOCK_ELEMENTS // max(1, pixels))), b * chunk)
-        mlp = MLPBernoulli.of(model, rows, loc)
-    if mlp is not None:
-        block_rows = mlp.rows
-        proj, offset = mlp.projections(x)
-        zin_buf = loc.new_empty(mlp.rows * (lead[-1] + c_dim))
+    if plan is not None:
+        if x.device.type == "cpu":
+            block_rows = max(1, min(block_rows, BLOCK_ELEMENTS // plan.pixels))
+        spaces = blocks.spaces(plan, block_rows, plan.layers[-1][0].weight)
+        proj, offset = plan.projections(x)
     sums: list[Tensor] = []  # logsumexp, sum log w, sum log p(x|z), sum [log p(z) - log q(z|x)]
     for done in range(0, num_particles, chunk):
         k = min(chunk, num_particles - done)
         if qn is not None:  # a diagonal Normal written out: z = loc + eps * scale, log q from eps
             n_el = k * loc.numel()
-            eps = eps_buf[:n_el].view(k, *lead).normal_()  # = Normal.rsample: a (k, B, D) standard normal
-            z = torch.mul(eps, scale, out=z_buf[:n_el].view(k, *lead)).add_(loc)
+            eps = eps_buf[:n_el].view(k, *loc.shape).normal_()  # = Normal.rsample: a (k, B, D) standard normal
+            z = torch.mul(eps, scale, out=z_buf[:n_el].view(k, *loc.shape)).add_(loc)
             log_q = (-0.5 * eps.square() - log_scale).sum(-1) - n_lat * fast.HALF_LOG_2PI
         else:
             z = q.rsample((k,)) if q.has_rsample else q.sample((k,))
@@ -225,23 +298,29 @@ def direct_sums(
             log_p = prior.log_prob(z)
         lat = log_p - log_q  # (k, B)
         rec = torch.empty_like(lat)
-        d = z.shape[-1]
         pb, kb = _blocks(k, b, block_rows)
-        for p0 in range(0, b, pb):
-            p1 = min(b, p0 + pb)
-            for j0 in range(0, k, kb):
-                j1 = min(k, j0 + kb)
-                zb = z[j0:j1, p0:p1]  # (particles, points, D): a view
-                if mlp is None:
-                    zc = zb if cond is None else torch.cat([zb, cond[p0:p1].expand(*zb.shape[:-1], c_dim)], dim=-1)
-                    rec[j0:j1, p0:p1] = log_likelihood(model, zc, x[p0:p1])
-                    continue
-                n, m = p1 - p0, j1 - j0  # point-major rows: the decoder's input for n points x m particles
-                zin = zin_buf[: n * m * (d + c_dim)].view(n, m, d + c_dim)
-                zin[..., :d].copy_(zb.transpose(0, 1))
-                if cond is not None:
-                    zin[..., d:].copy_(cond[p0:p1].unsqueeze(1).expand(n, m, c_dim))
-                rec[j0:j1, p0:p1] = mlp.log_mass(zin.view(n * m, -1), proj[p0:p1], offset[p0:p1], n).t()
+        tasks = [(p0, min(b, p0 + pb), j0, min(k, j0 + kb)) for p0 in range(0, b, pb) for j0 in range(0, k, kb)]
+
+        def score(t: tuple[int, int, int, int], z: Tensor = z, rec: Tensor = rec) -> None:
+            p0, p1, j0, j1 = t
+            zb = z[j0:j1, p0:p1]  # (particles, points, D): a view
+            cb = None if cond is None else cond[p0:p1]
+            if plan is None:
+                zc = zb if cb is None else torch.cat([zb, cb.expand(*zb.shape[:-1], c_dim)], dim=-1)
+                rec[j0:j1, p0:p1] = log_likelihood(model, zc, x[p0:p1])
+                return
+            ws = spaces.get()
+            try:
+                with torch.no_grad():  # grad mode is per thread: a worker starts with it on
+                    rec[j0:j1, p0:p1] = plan.log_mass(ws, zb, cb, proj[p0:p1], offset[p0:p1]).t()
+            finally:
+                spaces.put(ws)
+
+        if plan is None:  # another decoder: its own modules, on the calling thread
+            for t in tasks:
+                score(t)
+        else:
+            blocks.run(score, tasks)
         lw = rec + lat
         parts = (torch.logsumexp(lw, 0), lw.sum(0), rec.sum(0), lat.sum(0))
         if not sums:
@@ -253,4 +332,14 @@ def direct_sums(
     return sums[0], sums[1], sums[2], sums[3]
 
 
-__all__ = ["BLOCK_ROWS", "MLPBernoulli", "direct_sums", "group_size", "log_likelihood", "softplus_sum_"]
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "BLOCK_ROWS",
+    "Blocks",
+    "MLPBernoulli",
+    "Workspace",
+    "direct_sums",
+    "group_size",
+    "log_likelihood",
+    "softplus_sum_",
+]

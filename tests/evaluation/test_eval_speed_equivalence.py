@@ -17,9 +17,9 @@ from pyro_vae.evaluation import log_weights
 from pyro_vae.evaluation.evaluate import direct_supported, point_terms
 from pyro_vae.guides.normal import DiagonalNormalGuide
 from pyro_vae.models import likelihoods
+from pyro_vae.models.nets import mlp
 from pyro_vae.models.priors import StandardNormal
 from pyro_vae.models.vae import VAE, Generative
-from pyro_vae.models.nets import mlp
 
 EVENT = (1, 4, 4)
 LATENT = 3
@@ -29,7 +29,10 @@ def make_vae(seed=0, likelihood=likelihoods.Bernoulli):
     torch.manual_seed(seed)
     lik = likelihood(event_shape=EVENT)
     nets = mlp(event_shape=EVENT, latent_dim=LATENT, out_params=lik.num_params, hidden=[8])
-    return VAE(Generative(StandardNormal(latent_dim=LATENT), nets.decoder, lik), DiagonalNormalGuide(encoder=nets.encoder, latent_dim=LATENT))
+    return VAE(
+        Generative(StandardNormal(latent_dim=LATENT), nets.decoder, lik),
+        DiagonalNormalGuide(encoder=nets.encoder, latent_dim=LATENT),
+    )
 
 
 def data(n=5):
@@ -104,7 +107,9 @@ def test_same_seed_same_values_as_the_traced_path(monkeypatch, likelihood):
     vae, x = make_vae(likelihood=likelihood), data(6)
     pyro.set_rng_seed(2)
     direct = point_terms(vae, x, None, 50)
-    monkeypatch.setattr(sys.modules["pyro_vae.evaluation.evaluate"], "direct_supported", lambda vae: False)  # the general Pyro-traced path
+    monkeypatch.setattr(
+        sys.modules["pyro_vae.evaluation.evaluate"], "direct_supported", lambda vae: False
+    )  # the general Pyro-traced path
     pyro.set_rng_seed(2)
     traced = point_terms(vae, x, None, 50)
     for a, b in [

@@ -1,7 +1,7 @@
 """The training step decides a skip on the device: no host read of a device tensor on the hot path.
 
 On a GPU a host read (``.item()``, ``bool()``, ``float()``, ``.tolist()``) waits for every kernel
-queued before it, so a read per step serializes the launch queue. ``fastpath.train_step`` hands the
+queued before it, so a read per step serializes the launch queue. ``training.step.train_step`` hands the
 non-finite flag to the fused optimizer kernel as ``found_inf`` (the argument AMP's GradScaler uses)
 instead. Where CUDA exists, the step runs under ``torch.cuda.set_sync_debug_mode("error")``, which
 raises on any synchronizing call; on the CPU the same code is checked by counting host reads.
@@ -14,14 +14,16 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import train as train_mod
 from pyro_vae.estimators import IWAE_ELBO
-from pyro_vae.fastpath import accelerate, optimizer_options, train_step
+from pyro_vae.estimators.fast import accelerate
 from pyro_vae.guides.normal import DiagonalNormalGuide
 from pyro_vae.models import likelihoods
+from pyro_vae.models.nets import mlp
 from pyro_vae.models.priors import StandardNormal
 from pyro_vae.models.vae import VAE, Generative
-from pyro_vae.nets import mlp
+from pyro_vae.training import fit
+from pyro_vae.training import step as step_mod
+from pyro_vae.training.step import optimizer_options, train_step
 
 EVENT = (1, 4, 4)
 LATENT = 3
@@ -31,7 +33,10 @@ def make(device="cpu", optimizer=torch.optim.Adam):
     torch.manual_seed(0)
     lik = likelihoods.Bernoulli(event_shape=EVENT)
     nets = mlp(event_shape=EVENT, latent_dim=LATENT, out_params=lik.num_params, hidden=[8])
-    vae = VAE(Generative(StandardNormal(latent_dim=LATENT), nets.decoder, lik), DiagonalNormalGuide(encoder=nets.encoder, latent_dim=LATENT))
+    vae = VAE(
+        Generative(StandardNormal(latent_dim=LATENT), nets.decoder, lik),
+        DiagonalNormalGuide(encoder=nets.encoder, latent_dim=LATENT),
+    )
     vae = vae.to(device)
     params = list(vae.parameters())
     opt = optimizer(params, lr=0.01, **optimizer_options(optimizer, params))
@@ -142,7 +147,9 @@ def test_cuda_steps_issue_no_host_synchronization():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        flags = [train_step(poisoned(loss_fn) if i == 1 else loss_fn, opt, params, x, None, len(x))[1] for i in range(4)]
+        flags = [
+            train_step(poisoned(loss_fn) if i == 1 else loss_fn, opt, params, x, None, len(x))[1] for i in range(4)
+        ]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.stack(flags).tolist() == [True, False, True, True]
@@ -150,7 +157,7 @@ def test_cuda_steps_issue_no_host_synchronization():
 
 @cuda
 def test_cuda_fit_steps_issue_no_host_synchronization(tmp_path, monkeypatch):
-    real = train_mod.fastpath.train_step
+    real = step_mod.train_step
     calls = {"n": 0}
 
     def guarded(loss_fn, optimizer, *args, **kwargs):
@@ -163,8 +170,8 @@ def test_cuda_fit_steps_issue_no_host_synchronization(tmp_path, monkeypatch):
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(train_mod.fastpath, "train_step", guarded)
-    train_mod.fit(
+    monkeypatch.setattr(step_mod, "train_step", guarded)
+    fit(
         overrides=["train.epochs=1", "train.device=cuda", "train.batch_size=64", "elbo.kind=iwae",
                    "elbo.num_particles=5", "train.eval_particles=10", "train.figures=false"],
         out=tmp_path / "run",
@@ -176,7 +183,15 @@ def test_cuda_fit_steps_issue_no_host_synchronization(tmp_path, monkeypatch):
 def test_train_compile_trains_like_the_eager_step(tmp_path):
     """train.compile: the compiled loss is the same objective (its draws come from inductor's generator,
     so the two runs agree in distribution: close held-out ELBOs, not equal ones)."""
-    common = ["train.epochs=2", "train.batch_size=64", "train.figures=false", "train.eval_particles=10", "train.device=cpu"]
-    runs = [train_mod.fit(overrides=[*common, f"train.compile={on}"], out=tmp_path / str(on)).history[-1] for on in ("false", "true")]
+    common = [
+        "train.epochs=2",
+        "train.batch_size=64",
+        "train.figures=false",
+        "train.eval_particles=10",
+        "train.device=cpu",
+    ]
+    runs = [
+        fit(overrides=[*common, f"train.compile={on}"], out=tmp_path / str(on)).history[-1] for on in ("false", "true")
+    ]
     assert all(math.isfinite(r["test_elbo"]) for r in runs)
     assert abs(runs[0]["test_elbo"] - runs[1]["test_elbo"]) < 3.0
