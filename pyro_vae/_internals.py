@@ -127,17 +127,42 @@ def patched_standard_normal(fn: Callable[..., Tensor]) -> Iterator[None]:
             m._standard_normal = f  # type: ignore[attr-defined]
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule has forward (pre-)hooks, or torch has global module hooks
+    (``Module._forward_hooks``, ``_forward_pre_hooks``, ``torch.nn.modules.module._global_forward_hooks``):
+    code that calls a network's layers' functions directly instead of the modules must not then."""
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def queue_after_backward(callback: Callable[[], None]) -> None:
+    """Run ``callback`` once autograd has accumulated every leaf gradient of the backward in progress
+    (the engine's ``queue_callback``, the hook DistributedDataParallel's reducer uses)."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+def tensorboard_event_file(writer: Any) -> str:
+    """The path of the event file a ``torch.utils.tensorboard.SummaryWriter`` writes."""
+    return str(writer._get_file_writer().event_writer._file_name)
+
+
 __all__ = [
     "NORMAL_MODULES",
     "OVERRIDDEN_HOOKS",
     "detached_parameters",
     "fused_devices",
+    "has_hooks",
     "has_noise_draw",
     "noise_draw",
     "noise_source",
     "non_finite_check",
     "patched_standard_normal",
     "pyro_handlers",
+    "queue_after_backward",
     "step_unless_found_inf",
     "takes_found_inf",
+    "tensorboard_event_file",
 ]

@@ -54,6 +54,7 @@ from typing import Any, NoReturn, TypeVar
 import torch
 import torch.distributed as dist
 
+from .. import _internals
 from .._typing import Tensor
 from ..errors import PyroVAEError, RunError
 from .noise import DATA_PLATE, StepNoise
@@ -296,7 +297,7 @@ class _SumOverRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         sync: SyncedLoss = ctx.sync
-        torch.autograd.Variable._execution_engine.queue_callback(sync.after_backward)
+        _internals.queue_after_backward(sync.after_backward)
         return grad, None
 
 

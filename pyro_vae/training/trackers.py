@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
+from .. import _internals
 from ..errors import PyroVAEError, RunError, SpecError
 
 #: The trackers ``train.log_to`` accepts, with the Python module each needs and the extra that installs it.
@@ -100,7 +101,7 @@ class _TensorBoard:
         self.root, self.logdir = root, root / "tensorboard"
         # purge_step: events at or after it from an interrupted earlier process are hidden on resume
         self.writer = SummaryWriter(str(self.logdir), purge_step=first_step or None)
-        _record_written(root, [Path(self.writer._get_file_writer().event_writer._file_name)])
+        _record_written(root, [Path(_internals.tensorboard_event_file(self.writer))])
         text = "\n".join("    " + line for line in yaml.safe_dump(dict(cfg), sort_keys=False).splitlines())
         self.writer.add_text("config", text, first_step)
         if tags:
