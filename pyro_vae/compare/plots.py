@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..evaluation.evaluate import Measure
 from ..evaluation.gradients import GradientStats
-from ..plots.images import plt
+from ..plots.images import plt, save_figure
 
 
 def figures(
@@ -51,10 +51,8 @@ def figures(
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
     paths.append(out / "curves.png")
-    fig.savefig(claim(paths[-1]), dpi=110)
-    plt.close(fig)
+    save_figure(fig, claim(paths[-1]))
     if gradients:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         names = list(dict.fromkeys(g.estimator for g in gradients))
@@ -74,10 +72,8 @@ def figures(
             ax.set_title(f"{group} gradient SNR (|mean| / std)")
             ax.grid(alpha=0.3, which="both")
         axes[0].legend(fontsize=8)
-        fig.tight_layout()
         paths.append(out / "gradient_snr.png")
-        fig.savefig(claim(paths[-1]), dpi=110)
-        plt.close(fig)
+        save_figure(fig, claim(paths[-1]))
     return paths
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .._typing import Tensor
 from ..evaluation.evaluate import Measure
-from ..plots.images import as_images, plt
+from ..plots.images import as_images, plt, save_figure
 from . import _arviz
 from .report import Diagnosis
 
@@ -48,9 +48,7 @@ def khat_figure(d: Diagnosis, path: Path) -> None:
     _note(d, fig)
     axes[2].set_yscale("symlog", linthresh=0.1)
     axes[2].set_title("importance-weighting gain vs k-hat")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def worst_points_figure(
@@ -80,9 +78,7 @@ def worst_points_figure(
     if rec is not None:
         axes[1, 0].set_ylabel("recon.", fontsize=8)
     fig.suptitle("worst points by PSIS k-hat", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return True
 
 
@@ -128,9 +124,7 @@ def pair_figure(d: Diagnosis, m: int, path: Path, max_dims: int = 4) -> None:
     fig.suptitle(
         f"point #{p['index']} ({p['reason']}, k-hat {p['khat']:.2f}): NUTS (blue) vs guide (red)\n{gate}", fontsize=9
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def gaps_figure(d: Diagnosis, path: Path) -> None:
@@ -163,9 +157,7 @@ def gaps_figure(d: Diagnosis, path: Path) -> None:
     axes[1].set_ylabel(f"mean {elbo} of the local guides (nats)")
     axes[1].set_title(f"per-point optimization ({g['train_particles']} particles/step)", fontsize=9)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def sbc_figure(d: Diagnosis, path: Path, max_lines: int = 20) -> None:
@@ -194,9 +186,7 @@ def sbc_figure(d: Diagnosis, path: Path, max_lines: int = 20) -> None:
     ax.set_title(
         f"{c['simulations']} simulations; uniform: {c['uniform']}, VSBC symmetric: {c['symmetric']}", fontsize=9
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def all_figures(

@@ -1,7 +1,7 @@
 """Image grids, and the matplotlib backend every figure module of pyro-vae draws with.
 
 The backend is Agg (files only; never needs a display), set here once: figure modules import ``plt``
-from this module.
+and :func:`save_figure` from this module.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,6 +18,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .._typing import Shape, Tensor
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Lay out ``fig``, write it to ``path`` and close it (figures are files only, never kept open)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def as_images(x: Tensor, event_shape: Shape) -> np.ndarray | None:
@@ -61,9 +69,7 @@ def save_grid(
         ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
-__all__ = ["as_images", "plt", "save_grid", "tile"]
+__all__ = ["as_images", "plt", "save_figure", "save_grid", "tile"]

@@ -15,7 +15,7 @@ from .._typing import Shape, Tensor
 from ..data import Dataset, as_float
 from ..evaluation.evaluate import Measure, measure_of
 from ..models.vae import VAE
-from .images import as_images, plt, save_grid
+from .images import as_images, plt, save_figure, save_grid
 
 
 def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | None = None) -> None:
@@ -48,9 +48,7 @@ def loss_curves(history: list[dict[str, Any]], path: Path, measure: Measure | No
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def latent_scatter(means: Tensor, labels: Tensor | None, path: Path, title: str = "test set: posterior means") -> None:
@@ -65,9 +63,7 @@ def latent_scatter(means: Tensor, labels: Tensor | None, path: Path, title: str 
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 @torch.no_grad()
