@@ -124,7 +124,8 @@ class Posterior:
         if normal is None:
             self.dist = guide.dist(x, cond)
             normal = diag_normal(self.dist)
-        self.loc, self.scale = normal if normal is not None else (None, None)
+        self.loc: Any = None if normal is None else normal[0]
+        self.scale: Any = None if normal is None else normal[1]
 
     @property
     def reparameterized(self) -> bool:
