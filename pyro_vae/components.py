@@ -11,7 +11,9 @@ from .spec import _describe
 
 
 def _param_line(p: Param) -> str:
-    default = "required" if p.required else f"default {p.default!r}".replace("(", "[").replace(",)", "]").replace(")", "]")
+    default = (
+        "required" if p.required else f"default {p.default!r}".replace("(", "[").replace(",)", "]").replace(")", "]")
+    )
     return f"      {p.name}: {_describe(p.annotation)} ({default})"
 
 

@@ -131,4 +131,14 @@ def load_args(args: argparse.Namespace) -> None:
     load_requested(getattr(args, "plugin", None))
 
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "add_argument", "check_names", "import_module", "load", "load_args", "requested", "resolve"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "add_argument",
+    "check_names",
+    "import_module",
+    "load",
+    "load_args",
+    "requested",
+    "resolve",
+]

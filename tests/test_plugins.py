@@ -115,11 +115,18 @@ def plugin_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[di
     plugins._requested.clear()
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    """``--set KEY=VALUE`` for each override."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 def _env(*paths: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(REPO)]), "MPLBACKEND": "Agg"}
 
 
-def test_an_installed_package_is_found_through_its_entry_point_in_a_fresh_process(plugin_paths: dict[str, Path]) -> None:
+def test_an_installed_package_is_found_through_its_entry_point_in_a_fresh_process(
+    plugin_paths: dict[str, Path],
+) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "pyro_vae", "components", "prior"],
         capture_output=True, text=True, check=False, env=_env(plugin_paths["site"]), cwd=plugin_paths["tmp"],
@@ -146,8 +153,8 @@ def test_entry_point_components_train_evaluate_and_compare(plugin_paths: dict[st
     assert float(res.vae.model.prior_dist().log_prob(z)) == pytest.approx(expected, abs=1e-5)
 
     run = tmp_path / "cli"
-    args = ["train", *sum((["--set", s] for s in [*TINY, "model.prior.kind=e2ep_laplace", "elbo.kind=e2ep_iwae",
-                                                 "train.figures=false"]), []), "--out", str(run)]  # fmt: skip
+    args = ["train", *_sets([*TINY, "model.prior.kind=e2ep_laplace", "elbo.kind=e2ep_iwae",
+                                                 "train.figures=false"]), "--out", str(run)]  # fmt: skip
     assert main(args) == 0
     assert "plugins" not in yaml.safe_load((run / "config.yaml").read_text())  # installed: found without naming
     assert main(["evaluate", str(run), "--particles", "10", "--split", "test"]) == 0
@@ -155,7 +162,7 @@ def test_entry_point_components_train_evaluate_and_compare(plugin_paths: dict[st
     out = tmp_path / "cmp"
     cmp = ["compare", "--estimators", "e2ep_iwae:num_particles=2,iwae:num_particles=2", "--particles", "5",
            "--eval-points", "20", "--curve-particles", "0", "--no-snr", "--out", str(out),
-           *sum((["--set", s] for s in [*TINY, "model.prior.kind=e2ep_laplace", "train.figures=false"]), [])]  # fmt: skip
+           *_sets([*TINY, "model.prior.kind=e2ep_laplace", "train.figures=false"])]  # fmt: skip
     assert main(cmp) == 0
     assert len(list(out.rglob("summary.json"))) == 2
 
@@ -186,7 +193,7 @@ def test_a_plain_module_through_the_spec_and_the_command_line(
                     "elbo": {"kind": "e2mod_iwae", "num_particles": 2}}))  # fmt: skip
     tiny = [s for s in TINY if not s.startswith("model.")] + ["train.figures=false"]
     run = tmp_path / "run"
-    assert main(["train", str(spec), *sum((["--set", s] for s in tiny), []), "--out", str(run)]) == 0
+    assert main(["train", str(spec), *_sets(tiny), "--out", str(run)]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == ["e2mod"]
     assert main(["evaluate", str(run), "--particles", "5"]) == 0
     # a fresh process finds the plugin from config.yaml alone (no --plugin) when it loads the run
@@ -200,11 +207,11 @@ def test_a_plain_module_through_the_spec_and_the_command_line(
     # --plugin: the same module named on the command line is recorded in the run's config.yaml
     run2 = tmp_path / "run2"
     sets = [*tiny, "model.latent_dim=2", "model.network.hidden=[32]", "model.prior.kind=e2mod_laplace"]
-    assert main(["train", "--plugin", "e2mod", *sum((["--set", s] for s in sets), []), "--out", str(run2)]) == 0
+    assert main(["train", "--plugin", "e2mod", *_sets(sets), "--out", str(run2)]) == 0
     assert yaml.safe_load((run2 / "config.yaml").read_text())["plugins"] == ["e2mod"]
     cmp = ["compare", "--plugin", "e2mod", "--estimators", "e2mod_iwae:num_particles=2,trace", "--particles", "5",
            "--eval-points", "20", "--curve-particles", "0", "--no-snr", "--out", str(tmp_path / "cmp"),
-           *sum((["--set", s] for s in sets), [])]  # fmt: skip
+           *_sets(sets)]  # fmt: skip
     assert main(cmp) == 0
     summaries = list((tmp_path / "cmp").rglob("summary.json"))
     assert len(summaries) == 2
@@ -221,8 +228,13 @@ def test_a_plain_module_through_the_spec_and_the_command_line(
 @pytest.mark.parametrize(
     ("module", "words"),
     [
-        ("e2dup", "prior 'standard_normal' is registered twice: by pyro_vae.models.priors:StandardNormal (pyro_vae) "
-                  "and by e2dup:MyNormal (module e2dup (--plugin))"),
+        (
+            "e2dup",
+            (
+                "prior 'standard_normal' is registered twice: by pyro_vae.models.priors:StandardNormal (pyro_vae) "
+                "and by e2dup:MyNormal (module e2dup (--plugin))"
+            ),
+        ),
         ("e2broken", "--plugin: module 'e2broken' failed to import: RuntimeError: this plugin is broken on purpose"),
         ("e2_no_such_module", "--plugin: no module 'e2_no_such_module' on the Python path"),
         ("not-a-module", "--plugin[0]: 'not-a-module' is not a module name"),
@@ -243,7 +255,9 @@ def test_a_prior_that_is_not_a_prior_is_named(plugin_paths: dict[str, Path]) -> 
     from pyro_vae.spec import from_args
 
     cfg = from_args(None, ["model.prior.kind=e2bad_plain", "model.latent_dim=2"])
-    with pytest.raises(SpecError, match=r"'e2bad_plain' \(e2notprior:Plain\) built a Plain, not a pyro_vae.models.Prior"):
+    with pytest.raises(
+        SpecError, match=r"'e2bad_plain' \(e2notprior:Plain\) built a Plain, not a pyro_vae.models.Prior"
+    ):
         build_model(cfg, (64,))
 
 
@@ -260,7 +274,9 @@ def test_registry_refuses_a_second_definition_and_accepts_the_same_one_again() -
     reg.register("prior", "p")(first)  # the same definition executed again (a re-import): its own entry
     with pytest.raises(DuplicateComponentError) as e:
         reg.register("prior", "p")(second)
-    assert f"{__name__}:test_registry_refuses_a_second_definition_and_accepts_the_same_one_again.<locals>.first" in str(e.value)
+    assert f"{__name__}:test_registry_refuses_a_second_definition_and_accepts_the_same_one_again.<locals>.first" in str(
+        e.value
+    )
     assert ".<locals>.second" in str(e.value)
     assert reg.get("prior", "p").factory is first
 

@@ -13,7 +13,7 @@ from .base import AmortizedGuide
 
 @register("guide", "delta", context=("encoder", "latent_dim"))
 class DeltaGuide(AmortizedGuide):
-    """q(z|x) = delta(z - f(x)): the plain autoencoder of seeds 002/004, trained MAP-style.
+    """q(z|x) = delta(z - f(x)): a plain (deterministic) autoencoder, trained MAP-style.
 
     Every estimator then maximizes log p(x|f(x)) + log p(f(x)) (a reconstruction plus a prior penalty
     on the code). It is not a bound on log p(x): a point mass has KL = +inf to any density, so the

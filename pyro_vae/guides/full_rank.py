@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from .._typing import NonNegativeFloat, Tensor
+from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide

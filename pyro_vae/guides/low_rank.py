@@ -6,8 +6,8 @@ import pyro.distributions as dist
 from torch import nn
 from torch.nn import functional as F
 
-from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from .._typing import NonNegativeFloat, PositiveInt, Tensor
+from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from ..models.nets import Encoder
 from ..registry import register
 from .base import AmortizedGuide

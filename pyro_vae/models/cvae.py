@@ -61,7 +61,9 @@ class CVAE(VAE):
             return F.one_hot(y.long(), self.num_classes).to(self._dtype())
         c = y.to(self._dtype()).reshape(len(y), -1)
         if c.shape[-1] != self.cond_dim:
-            raise ValueError(f"conditioning tensor has {c.shape[-1]} features per point; the model expects {self.cond_dim}")
+            raise ValueError(
+                f"conditioning tensor has {c.shape[-1]} features per point; the model expects {self.cond_dim}"
+            )
         return c
 
     def _dtype(self) -> torch.dtype:
@@ -169,7 +171,10 @@ def cvae(
         cond_dim=cond_dim,
     )  # fmt: skip
     q = REGISTRY.build("guide", guide, encoder=nets.encoder, latent_dim=latent_dim)
-    p = check_prior(REGISTRY.build("prior", prior, latent_dim=latent_dim, cond_dim=cond_dim, event_shape=event_shape, guide=q), prior)
+    p = check_prior(
+        REGISTRY.build("prior", prior, latent_dim=latent_dim, cond_dim=cond_dim, event_shape=event_shape, guide=q),
+        prior,
+    )
     if not p.conditional:
         try:  # e.g. a VampPrior encodes pseudo-inputs, which a conditional encoder cannot do without y
             p()

@@ -73,7 +73,7 @@ def check_unit_interval(
 
 @register("likelihood", "bernoulli", context=("event_shape",))
 class Bernoulli(Likelihood):
-    """Bernoulli with logits; on greyscale data in [0, 1] this is the cross-entropy of seed 002."""
+    """Bernoulli with logits; on greyscale data in [0, 1] a cross-entropy (Loaiza-Ganem & Cunningham 2019)."""
 
     def __init__(self, *, event_shape: Shape) -> None:
         super().__init__(event_shape)

@@ -64,7 +64,9 @@ def linear_gaussian_vae(W: Tensor, b: Tensor, sigma: float, guide_scale: float =
     with torch.no_grad():
         dec_lin.weight.copy_(W)
         dec_lin.bias.copy_(b)
-    model = Generative(StandardNormal(latent_dim=d), Decoder(dec_lin, d, (1, f)), Gaussian(event_shape=(f,), scale=sigma))
+    model = Generative(
+        StandardNormal(latent_dim=d), Decoder(dec_lin, d, (1, f)), Gaussian(event_shape=(f,), scale=sigma)
+    )
     guide = DiagonalNormalGuide(encoder=Encoder(nn.Identity(), f), latent_dim=d, min_scale=0.0)
     _, cov = exact_posterior(W, b, sigma, torch.zeros(1, f))
     gain = cov @ W.T / sigma**2  # (D, F)

@@ -40,9 +40,7 @@ class Encoder(nn.Module):
     ``activation=None`` leaves that layer linear (the linear networks of ``mlp`` with ``hidden: []``).
     """
 
-    def __init__(
-        self, body: nn.Module, out_features: int, cond_dim: int = 0, activation: str | None = "relu"
-    ) -> None:
+    def __init__(self, body: nn.Module, out_features: int, cond_dim: int = 0, activation: str | None = "relu") -> None:
         super().__init__()
         self.body = body
         self.cond_dim = cond_dim
@@ -123,12 +121,12 @@ def conv(
     latent_dim: int,
     out_params: int,
     cond_dim: int = 0,
-    filters: PositiveInt = 16,  # channels double per stride-2 conv: 2f, 4f (seed 002)
+    filters: PositiveInt = 16,  # channels double per stride-2 conv: 2f, 4f (Keras variational_autoencoder_deconv example)
     dense: PositiveInt = 32,  # width of the dense layer after the convs
     kernel_size: PositiveInt = 3,
     activation: Activation = "relu",
 ) -> Networks:
-    """Seed 002's conv net: two stride-2 convs (2f, 4f filters) + dense; decoder mirrors with transposed convs.
+    """Keras' convolutional VAE example: two stride-2 convs (2f, 4f filters) + dense; decoder mirrors with transposed convs.
 
     Works for any (C, H, W) with H and W divisible by 4 (28x28 MNIST, 8x8 digits).
     """
@@ -174,7 +172,7 @@ def conv64(
     dense: PositiveInt = 256,  # width of the dense layer after the convs
     activation: Activation = "relu",
 ) -> Networks:
-    """Conv encoder/decoder for 64x64 RGB faces (seed 003's CelebA VAE; Higgins et al. 2017's layout).
+    """Conv encoder/decoder for 64x64 RGB faces (CelebA, Liu et al. 2015; the layout of Higgins et al. 2017's beta-VAE).
 
     Each of the ``len(filters)`` stride-2 4x4 convs halves the image (64 -> 4 with four); the decoder
     mirrors them with transposed convs. Works for any (C, H, W) with H, W divisible by 2^len(filters).

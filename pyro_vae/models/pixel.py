@@ -1,6 +1,6 @@
 """Likelihoods for 8-bit images: values k/255, k = 0..255 (the scaling every image loader here applies).
 
-- ``categorical``: a 256-way softmax per pixel (seed 004's ``F.cross_entropy`` reconstruction; van den
+- ``categorical``: a 256-way softmax per pixel (a cross-entropy over the 256 levels: van den
   Oord et al. 2016's PixelRNN output). The decoder emits 256 logits per data element.
 - ``discretized_logistic``: the logistic density integrated over each pixel's bin of width 1/255, with the
   edge bins taking the tails (Kingma et al. 2016; Salimans et al. 2017, PixelCNN++). Two outputs per
@@ -126,7 +126,7 @@ def _log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
 
 @register("likelihood", "categorical", context=("event_shape",))
 class Categorical256(Likelihood):
-    """256-way softmax per pixel of an 8-bit image (seed 004's cross-entropy); rejects non-8-bit data."""
+    """256-way softmax per pixel of an 8-bit image (PixelRNN's output, van den Oord et al. 2016); rejects non-8-bit data."""
 
     num_params = LEVELS
 

@@ -56,6 +56,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
 from torch import nn
 
 from .. import plugins
@@ -84,7 +85,7 @@ class _ScaleLatent(Messenger):
         super().__init__()
         self.beta = beta
 
-    def _process_message(self, msg: dict[str, Any]) -> None:
+    def _process_message(self, msg: Message) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.beta * msg["scale"]
 
@@ -102,6 +103,9 @@ class ProgramModel(nn.Module):
 
     ``likelihood`` is what the training loop and ``evaluate`` ask of p(x|z) (:class:`ProgramLikelihood`).
     """
+
+    _fn: Callable[..., Any]
+    likelihood: ProgramLikelihood
 
     def __init__(self, fn: Callable[..., Any], likelihood: ProgramLikelihood) -> None:
         super().__init__()
@@ -127,6 +131,8 @@ class ProgramModel(nn.Module):
 class ProgramGuide(nn.Module):
     """The user's ``guide(x)`` as a module; :meth:`dist` is q(z|x) read from a trace of it."""
 
+    _fn: Callable[..., Any]
+
     def __init__(self, fn: Callable[..., Any], latent_dim: int, point_mass: bool = False) -> None:
         super().__init__()
         self.program = _owner(fn)
@@ -148,8 +154,8 @@ class ProgramGuide(nn.Module):
             raise ValueError("a Pyro program (model.kind: pyro) takes no condition y")
         with _local_params():
             tr = poutine.trace(self._fn).get_trace(x)
-        fn: dist.Distribution = tr.nodes["z"]["fn"]
-        return fn
+        fn: Any = tr.nodes["z"]["fn"]
+        return fn  # type: ignore[no-any-return]
 
 
 class ProgramLikelihood:
@@ -170,7 +176,7 @@ class ProgramLikelihood:
         xb = x[:256]
         with torch.no_grad():
             tr = poutine.trace(self.model).get_trace(xb)
-        fn = tr.nodes["x"]["fn"]
+        fn: Any = tr.nodes["x"]["fn"]
         inside = fn.support.check(xb)
         if not bool(inside.all()):
             raise DataError(
@@ -344,11 +350,17 @@ def check_program(
     g_sites = {n: s for n, s in g_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
     m_sites = {n: s for n, s in m_tr.nodes.items() if s["type"] == "sample"}
     if "z" not in g_sites:
-        raise SpecError(f"{where}: the guide has no sample site 'z' (pyro.sample('z', q(z|x)) inside pyro.plate('data'))")
+        raise SpecError(
+            f"{where}: the guide has no sample site 'z' (pyro.sample('z', q(z|x)) inside pyro.plate('data'))"
+        )
     if "z" not in m_sites or m_sites["z"]["is_observed"]:
-        raise SpecError(f"{where}: the model has no latent sample site 'z' (pyro.sample('z', p(z)) inside pyro.plate('data'))")
+        raise SpecError(
+            f"{where}: the model has no latent sample site 'z' (pyro.sample('z', p(z)) inside pyro.plate('data'))"
+        )
     if "x" not in m_sites:
-        raise SpecError(f"{where}: the model has no sample site 'x' (pyro.sample('x', p(x|z), obs=x) inside pyro.plate('data'))")
+        raise SpecError(
+            f"{where}: the model has no sample site 'x' (pyro.sample('x', p(x|z), obs=x) inside pyro.plate('data'))"
+        )
     if not m_sites["x"]["is_observed"]:
         raise SpecError(f"{where}: the model's site 'x' is not observed (pass obs=x)")
     for prog, sites in (("guide", g_sites), ("model", m_sites)):
@@ -358,7 +370,9 @@ def check_program(
                     f"{where}: the {prog}'s site {name!r} is not inside pyro.plate('data', len(x)) (a plate named 'data' "
                     f"of size {b} for a batch of {b} points)"
                 )
-    qz, pz, px = g_sites["z"]["fn"], m_sites["z"]["fn"], m_sites["x"]["fn"]
+    qz: Any = g_sites["z"]["fn"]
+    pz: Any = m_sites["z"]["fn"]
+    px: Any = m_sites["x"]["fn"]
     for prog, fn in (("guide", qz), ("model", pz)):
         if tuple(fn.batch_shape) != (b,) or len(fn.event_shape) != 1:
             raise SpecError(
@@ -366,7 +380,9 @@ def check_program(
                 "event shape (latent_dim,) (use .to_event(1))"
             )
     if tuple(qz.event_shape) != tuple(pz.event_shape):
-        raise SpecError(f"{where}: site 'z' has event shape {tuple(pz.event_shape)} in the model but {tuple(qz.event_shape)} in the guide")
+        raise SpecError(
+            f"{where}: site 'z' has event shape {tuple(pz.event_shape)} in the model but {tuple(qz.event_shape)} in the guide"
+        )
     if tuple(px.batch_shape) != (b,) or tuple(px.event_shape) != tuple(event_shape):
         raise SpecError(
             f"{where}: the model's site 'x' has {_shapes(px)}; expected batch shape ({b},) and event shape "
@@ -374,12 +390,15 @@ def check_program(
         )
     extra = sorted(n for n, s in m_sites.items() if not s["is_observed"] and n not in g_sites)
     if extra:
-        raise SpecError(f"{where}: the model's latent site {extra[0]!r} has no counterpart in the guide; sample it there too")
+        raise SpecError(
+            f"{where}: the model's latent site {extra[0]!r} has no counterpart in the guide; sample it there too"
+        )
     try:
         with _local_params(), torch.no_grad(), pyro.plate("_particles", CHECK_PARTICLES, dim=-2):
             gv = poutine.trace(guide).get_trace(x)
             mv = poutine.trace(poutine.replay(model, trace=gv)).get_trace(x)
-        got = tuple(mv.nodes["x"]["fn"].batch_shape)
+        fx: Any = mv.nodes["x"]["fn"]
+        got = tuple(fx.batch_shape)
     except Exception as e:  # noqa: BLE001  # the user's code may raise anything: one line naming the rule
         raise SpecError(
             f"{where}: the program does not run with {CHECK_PARTICLES} particles in a plate at dim -2, as the estimators "
@@ -387,12 +406,16 @@ def check_program(
             f"{' '.join(str(e).split())}; let leading batch dimensions broadcast (z.shape[:-1], not len(x))"
         ) from None
     if got != (CHECK_PARTICLES, b):
-        raise SpecError(f"{where}: with particles at dim -2 the model's site 'x' has batch shape {got}; expected {(CHECK_PARTICLES, b)}")
+        raise SpecError(
+            f"{where}: with particles at dim -2 the model's site 'x' has batch shape {got}; expected {(CHECK_PARTICLES, b)}"
+        )
     point_mass = isinstance(getattr(qz, "base_dist", qz), dist.Delta)
     return int(qz.event_shape[0]), point_mass
 
 
-def program_vae(model: Callable[..., Any], guide: Callable[..., Any], event_shape: Shape, ref: str = "program") -> ProgramVAE:
+def program_vae(
+    model: Callable[..., Any], guide: Callable[..., Any], event_shape: Shape, ref: str = "program"
+) -> ProgramVAE:
     """A :class:`ProgramVAE` from a model/guide pair (checked against the contract first); for use in Python."""
     latent_dim, point_mass = check_program(model, guide, tuple(event_shape), ref)
     owners = [m for m in (_owner(model), _owner(guide)) if m is not None]

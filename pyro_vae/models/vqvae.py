@@ -1,4 +1,4 @@
-"""VQ-VAE (van den Oord et al. 2017; seed 001) written as a Pyro model/guide pair.
+"""VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning") written as a Pyro model/guide pair.
 
 The encoder maps x to a grid of P = h*w vectors z_e(x) in R^D; each is replaced by its nearest of K
 codebook vectors e_k. In Pyro terms:
@@ -235,7 +235,7 @@ def vqvae(
     embedding_dim: PositiveInt = 16,  # D, dimension of each code vector
     hidden: PositiveInt = 32,  # channels of the conv encoder/decoder
     downsample: PositiveInt = 2,  # stride-2 convs: the code grid is (H/2^n, W/2^n) (7x7 for MNIST)
-    beta: NonNegativeFloat = 0.25,  # commitment weight (seed 001, van den Oord et al. 2017)
+    beta: NonNegativeFloat = 0.25,  # commitment weight beta (van den Oord et al. 2017 use 0.25)
     codebook_update: Literal["loss", "ema"] = "loss",  # loss: ||sg[z_e]-e||^2 term; ema: moving averages
     decay: Annotated[float, Interval(0, 1, high_open=True)] = 0.99,  # EMA decay (codebook and usage)
     restart_dead: bool = False,  # re-seed codes whose usage falls below dead_threshold/K from the batch
@@ -299,7 +299,9 @@ def vq_metrics(vae: VAE, x: Tensor, batch: int = 1000) -> dict[str, float]:
     freq = torch.bincount(k.reshape(-1), minlength=cb.num_codes).to(cb.usage.dtype)
     p = freq / freq.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    mse = sum(float((vae.reconstruct(x[i : i + batch]) - x[i : i + batch]).pow(2).sum()) for i in range(0, len(x), batch))
+    mse = sum(
+        float((vae.reconstruct(x[i : i + batch]) - x[i : i + batch]).pow(2).sum()) for i in range(0, len(x), batch)
+    )
     logp = cb.usage.clamp_min(1e-8).log()  # (P, K)
     nll = -logp.gather(1, k.T).sum(0).mean()
     vae.train(was)

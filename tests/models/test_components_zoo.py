@@ -6,11 +6,11 @@ import warnings
 
 import pytest
 import torch
-from pyro_vae.evaluation.evaluate import point_terms
 
 import pyro_vae
 from pyro_vae import fit, load_run
 from pyro_vae.components import listing
+from pyro_vae.evaluation.evaluate import point_terms
 
 ZOO = {
     "prior": ["learned_normal", "mixture", "vamp", "flow"],

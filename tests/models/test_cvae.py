@@ -9,11 +9,11 @@ from pathlib import Path
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_vae.evaluation.evaluate import point_terms
 from torch import nn
 
 from pyro_vae import SpecError, fit, resolve
 from pyro_vae.cli import main
+from pyro_vae.evaluation.evaluate import point_terms
 from pyro_vae.guides.base import AmortizedGuide
 from pyro_vae.models.cvae import CVAE, ClassMeanPrior, ConditionalPrior
 from pyro_vae.models.likelihoods import Gaussian
@@ -130,7 +130,9 @@ def test_tensor_condition_needs_its_width() -> None:
 
 def test_cond_one_hot_and_tensor() -> None:
     vae, *_ = _linear_cvae(1.0)
-    torch.testing.assert_close(vae.cond(torch.tensor([2, 0])), torch.tensor([[0.0, 0, 1], [1, 0, 0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        vae.cond(torch.tensor([2, 0])), torch.tensor([[0.0, 0, 1], [1, 0, 0]], dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="needs its condition"):
         vae.cond(None)
     vae.num_classes = 0  # a tensor condition of width C
@@ -148,7 +150,9 @@ def test_digits_spec_trains_figures_and_cli_samples_a_label(tmp_path: Path, caps
     assert "out of range" in capsys.readouterr().err
 
 
-def test_tensor_condition_trains_from_npz_and_cli_sampling_says_how(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tensor_condition_trains_from_npz_and_cli_sampling_says_how(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import numpy as np
 
     g = np.random.default_rng(0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pyro_vae.evaluation.evaluate import point_terms
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
+from pyro_vae.evaluation.evaluate import point_terms
 from pyro_vae.guides import DeltaGuide, DiagonalNormalGuide, FlowGuide, FullRankGuide, LowRankGuide
 from pyro_vae.models import VAE, Gaussian, Generative, StandardNormal
 from pyro_vae.models.nets import Decoder, Encoder

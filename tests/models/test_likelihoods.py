@@ -44,7 +44,7 @@ def test_categorical_is_seed_004_cross_entropy_and_normalized() -> None:
     params = torch.randn(4, 256, *EVENT)  # decoder output (*lead, 256, *event)
     k = torch.randint(0, 256, (4, *EVENT))
     x = k / 255.0
-    # seed 004: F.cross_entropy(recon_param, input, reduction="sum") with class dim 1
+    # the reference: torch's F.cross_entropy(logits, levels, reduction="sum") with the 256 classes at dim 1
     ce = torch.stack([F.cross_entropy(params[i : i + 1], k[i : i + 1], reduction="sum") for i in range(4)])
     torch.testing.assert_close(lik(params).log_prob(x), -ce)
     # The 256 probabilities of every element sum to 1.

@@ -10,7 +10,6 @@ from the trained parameters with ``torch.distributions.MultivariateNormal``: the
 from __future__ import annotations
 
 import json
-import math
 import sys
 import textwrap
 from pathlib import Path
@@ -86,7 +85,7 @@ BROKEN = {
     ),
 }
 
-BROKEN_HEADER = '''
+BROKEN_HEADER = """
 import pyro
 import pyro.distributions as dist
 import torch
@@ -115,10 +114,10 @@ class Program(nn.Module):
 
 def build():
     return Program()
-'''
+"""
 
 
-def _data(path: Path, n_train: int = 600, n_test: int = 100) -> Path:
+def _data(path: Path, n_train: int = 400, n_test: int = 100) -> Path:
     """Points of a 4-D linear-Gaussian with a 2-D latent (a fixed seed)."""
     g = np.random.default_rng(0)
     w = g.normal(size=(4, 2))
@@ -138,7 +137,7 @@ def _spec(tmp: Path, program: str, **train: object) -> Path:
         "data": {"name": "npz", "path": str(_data(tmp / "lg.npz"))},
         "model": {"kind": "pyro", "program": program, "options": {"latent_dim": 2}},
         "elbo": {"kind": "iwae", "num_particles": 5},
-        "train": {"epochs": 40, "batch_size": 60, "lr": 0.02, "progress": False, "eval_particles": 20,
+        "train": {"epochs": 12, "batch_size": 40, "lr": 0.03, "progress": False, "eval_particles": 20,
                   "figures": False, **train},
     }  # fmt: skip
     path = tmp / "spec.yaml"
@@ -173,16 +172,15 @@ def test_linear_gaussian_program_trains_through_the_cli_and_its_bound_is_below_t
     assert cfg["model"] == {"kind": "pyro", "program": "lgprog:build", "options": {"latent_dim": 2}}
     assert cfg["guide"] == {"kind": "program"}  # the program brings its own guide
 
-    assert main(["evaluate", str(run), "--particles", "500", "--split", "test"]) == 0
+    assert main(["evaluate", str(run), "--particles", "5000", "--split", "test", "--max-hours", "0"]) == 0
     ev = json.loads((run / "eval.json").read_text())
     loaded = load_run(run)
-    x_test = loaded.data.x_test
-    exact = float(_exact_log_px(loaded.vae, x_test).mean())
-    stderr = ev["log_likelihood_stderr"]
-    # L_K is a stochastic lower bound: below log p(x) up to its Monte Carlo error, and with K = 500 close to it
-    assert ev["log_likelihood"] <= exact + 3 * stderr + 1e-3, (ev["log_likelihood"], exact)
-    assert ev["log_likelihood"] > exact - 0.05, (ev["log_likelihood"], exact)
-    assert ev["elbo"] < ev["log_likelihood"]
+    exact = float(_exact_log_px(loaded.vae, loaded.data.x_test).mean())
+    # L_K is a lower bound in expectation; with K = 5000 its Monte Carlo error on the mean of 100 points is
+    # about 0.001 nats (measured: |L_5000 - log p(x)| < 0.0011 over three seeds), and its gap is as small
+    assert ev["log_likelihood"] <= exact + 0.005, (ev["log_likelihood"], exact)
+    assert ev["log_likelihood"] > exact - 0.02, (ev["log_likelihood"], exact)
+    assert ev["elbo"] < ev["log_likelihood"] - 0.1  # the diagonal guide misses the posterior correlation
     # training worked: the fitted model explains the data far better than the initial one
     assert exact > -8.0
     # the program's parameters are in the checkpoint (a state_dict), under the wrappers' names
@@ -190,36 +188,38 @@ def test_linear_gaussian_program_trains_through_the_cli_and_its_bound_is_below_t
     assert {"model.program.dec.weight", "guide.program.enc.weight", "model.program.log_sigma"} <= set(state)
 
 
-def test_evaluate_bound_moves_with_the_model_a_wrong_reference_is_caught(program_dir: Path) -> None:
-    """The reference check can fail: the exact log p(x) of a *perturbed* decoder is far from L_K."""
-    spec = _spec(program_dir, "lgprog:build", epochs=5)
-    run = program_dir / "run"
-    assert main(["train", str(spec), "--out", str(run)]) == 0
-    loaded = load_run(run)
-    from pyro_vae.evaluation.evaluate import point_terms
+def test_kl_weight_scales_the_latent_sites_only(program_dir: Path) -> None:
+    """beta of a beta-VAE weights log p(z) - log q(z|x) (every latent site of model and guide), not log p(x|z)."""
+    import pyro
+    from pyro import poutine
 
-    torch.manual_seed(0)
-    x = loaded.data.x_test
-    lk = float(point_terms(loaded.vae, x, num_particles=200).log_likelihood.mean())
-    exact = float(_exact_log_px(loaded.vae, x).mean())
-    assert lk <= exact + 0.05
-    with torch.no_grad():
-        loaded.vae.model.program.dec.bias.add_(1.0)
-    assert abs(float(_exact_log_px(loaded.vae, x).mean()) - lk) > 0.5
+    from pyro_vae.models.vae import build_model
+    from pyro_vae.spec import from_args
+
+    before = pyro.settings.get("module_local_params")
+    vae = build_model(from_args(str(_spec(program_dir, "lgprog:build"))), (4,))
+    x = torch.randn(6, 4)
+    for beta in (1.0, 0.25):
+        vae.set_kl_weight(beta)
+        g = poutine.trace(vae.guide).get_trace(x)
+        m = poutine.trace(poutine.replay(vae.model, trace=g)).get_trace(x)
+        assert g.nodes["z"]["scale"] == beta and m.nodes["z"]["scale"] == beta
+        assert m.nodes["x"]["scale"] == 1.0
+    assert pyro.settings.get("module_local_params") == before  # the programs ran with it set, and left it as it was
 
 
 def test_program_runs_compare_and_diagnose_unchanged(program_dir: Path) -> None:
-    spec = _spec(program_dir, "lgprog:build", epochs=3)
+    spec = _spec(program_dir, "lgprog:build", epochs=2)
     out = program_dir / "cmp"
-    args = ["compare", str(spec), "--estimators", "trace,iwae:num_particles=5", "--particles", "50",
+    args = ["compare", str(spec), "--estimators", "trace,iwae:num_particles=5", "--particles", "20",
             "--eval-points", "50", "--curve-particles", "0", "--no-snr", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     results = list(out.rglob("summary.json"))
     assert len(results) == 2
     run = program_dir / "run"
     assert main(["train", str(spec), "--out", str(run)]) == 0
-    diag = ["diagnose", str(run), "--points", "20", "--samples", "50", "--nuts", "1", "--chains", "2",
-            "--warmup", "30", "--draws", "30", "--gap-points", "4", "--sbc", "20", "--out", str(program_dir / "d")]  # fmt: skip
+    diag = ["diagnose", str(run), "--points", "20", "--samples", "40", "--nuts", "1", "--chains", "2",
+            "--warmup", "20", "--draws", "20", "--gap-points", "3", "--sbc", "10", "--out", str(program_dir / "d")]  # fmt: skip
     assert main(diag) == 0
     assert (program_dir / "d").is_dir()
 
@@ -325,4 +325,3 @@ def test_program_spec_errors_before_any_work(program_dir: Path) -> None:
     bad = from_args(spec, ["model.options={width: 3}"])
     with pytest.raises(SpecError, match="model.options: lgprog:build cannot take"):
         build_model(bad, (4,))
-    assert math.isfinite(1.0)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from pyro_vae.evaluation.evaluate import point_terms
 
 from pyro_vae import SpecError, fit
 from pyro_vae.cli import main
+from pyro_vae.evaluation.evaluate import point_terms
 from pyro_vae.models.vqvae import Codebook, fit_code_prior, vq_metrics, vq_terms
 from pyro_vae.registry import REGISTRY
 
