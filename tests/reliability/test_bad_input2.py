@@ -1,4 +1,4 @@
-"""Bad input, second round: every class of mistake is one line and exit 2, before any work.
+"""Bad input to every command: every class of mistake is one line and exit 2, before any work.
 
 Classes checked here, each by its principle rather than by one instance:
 
