@@ -1,4 +1,4 @@
-"""Estimators of issue #4 (dreg, stl, miwae, ciwae, piwae, score_function): identities, gradients, beta.
+"""The estimators beyond Pyro's own (dreg, stl, miwae, ciwae, piwae, score_function): identities, gradients, beta.
 
 The reference model is the linear-Gaussian VAE with a guide made deliberately imperfect (wider than
 the posterior, shifted mean), so every gradient is far from zero. "Same draws" comparisons reseed
