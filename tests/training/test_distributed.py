@@ -237,7 +237,7 @@ def _assert_same_run(a, b):
 
 
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
-    """The issue's check: torchrun with 2 CPU processes (gloo) vs 1 process, same seed, same losses."""
+    """torchrun with 2 CPU processes (gloo) vs 1 process, same seed, same losses."""
     res = _torchrun(2, tmp_path / "ddp", RUN)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("done:") == 1  # rank 0 alone reports
