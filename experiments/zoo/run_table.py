@@ -1,4 +1,4 @@
-"""Regenerate the component-zoo table of experiments/README.md (issue #3).
+"""Regenerate the component-zoo table of experiments/README.md.
 
 Trains experiments/zoo/mnist_zoo.yaml once per prior (diagonal guide) and once per guide (standard
 normal prior) with the same seed, network and schedule, then evaluates each on the same test points:
