@@ -7,7 +7,7 @@ Variants, timed interleaved in one process on the same MNIST batches:
   per-step seeded noise of ``training.distributed``, as ``fit`` draws it) -> ``training.make_optimizer``
   -> ``training.step.train_step`` (non-finite guard included);
 - ``pyro``: the same with ``train.fast_path: false`` (Pyro traces every step; same optimizer and guard);
-- ``core``: the loop as the core had it before issue #7: Pyro traces, default (for-loop) Adam,
+- ``core``: the loop without the trace-free fast path: Pyro traces, default (for-loop) Adam,
   ``clip_grad_norm_(inf)`` + ``isfinite`` per step;
 - ``torch``: a hand-written PyTorch step with copies of the same networks (same initial weights),
   the same Bernoulli likelihood, estimator and optimizer (``make_optimizer``'s Adam, fused where
