@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 
 import pyro_vae.rundir as rundir_mod
 import pyro_vae.training.loop as train_mod
-from pyro_vae import cli, fit, resources, spec
+from pyro_vae import cli, fit, spec
 from pyro_vae.errors import MAX_MESSAGE, DataError, SpecError, brief
+from pyro_vae.evaluation import resources
 from pyro_vae.models.vae import build_model
 
 from .conftest import TINY, as_sets, one_clear_line
@@ -427,7 +428,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_estimate(
 
 def test_ordinary_models_are_not_refused() -> None:
     """Burda et al.'s MNIST IWAE (two 200-unit layers, 50 latents, k = 50) fits a laptop: never refused."""
-    from pyro_vae.evaluate import ROW_BUDGET
+    from pyro_vae.evaluation.evaluate import ROW_BUDGET
 
     cfg = spec.from_args(None, ["model.latent_dim=50", "model.network.hidden=[200, 200]", "elbo.kind=iwae",
                                 "elbo.num_particles=50", "train.batch_size=20"])  # fmt: skip
@@ -458,7 +459,7 @@ def test_hours_of_evaluation_are_refused_with_an_estimate(run: Path, capsys: pyt
 
 def test_the_time_estimate_is_the_right_order(run: Path) -> None:
     """The probe's estimate for a 2-second evaluation is within a factor of 10 of the measured time."""
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae import evaluate
 
     loaded = rundir_mod.load_run(run, device="cpu")
     x, y = loaded.data.split("test")

@@ -10,9 +10,8 @@ import math
 import pyro
 import pytest
 import torch
-from pyro_vae.evaluate import evaluate
 
-from pyro_vae import fit
+from pyro_vae import evaluate, fit
 from pyro_vae.cli import main
 from pyro_vae.rundir import load_run
 from pyro_vae.rundir.checkpoint import load as load_ckpt
