@@ -103,6 +103,12 @@ def fused_devices() -> set[str]:
     return set(_get_fused_kernels_supported_devices())
 
 
+def tracegraph_loss_and_surrogate(elbo: Any, model: Any, guide: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """``(ELBO, surrogate ELBO)`` of one ``TraceGraph_ELBO`` evaluation (``TraceGraph_ELBO._loss_and_surrogate_loss``):
+    the value, and the Rao-Blackwellized score-function surrogate whose gradient is the estimator's."""
+    return elbo._loss_and_surrogate_loss(model, guide, args, kwargs)  # type: ignore[no-any-return]
+
+
 #: torch modules whose Gaussian samplers draw through a module-level ``_standard_normal``.
 NORMAL_MODULES = (
     "torch.distributions.normal",

@@ -116,5 +116,5 @@ def test_tracegraph_loss_and_surrogate_returns_the_elbo_and_its_surrogate():
     def guide():
         pyro.sample("z", dist.Normal(loc, 1.0).has_rsample_(False))
 
-    elbo, surrogate = TraceGraph_ELBO()._loss_and_surrogate_loss(model, guide, (), {})
+    elbo, surrogate = _internals.tracegraph_loss_and_surrogate(TraceGraph_ELBO(), model, guide, (), {})
     assert torch.is_tensor(elbo) and torch.is_tensor(surrogate) and surrogate.requires_grad

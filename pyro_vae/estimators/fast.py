@@ -337,24 +337,12 @@ def accelerate(loss_fn: Any) -> Any:
     return FastELBO(elbo, model, guide)
 
 
-# Names of the module this one replaces (pyro_vae.fastpath), for code written against it.
+# Names the direct-form functions had before they were public.
 _HALF_LOG_2PI = HALF_LOG_2PI
 _diag_normal = diag_normal
 _prior = prior_of
 _obs_log_prob = obs_log_prob
 _handlers = handlers
-
-_STEP_NAMES = ("nonfinite", "optimizer_options", "train_step")
-
-
-def __getattr__(name: str) -> Any:
-    # The training step moved to pyro_vae.training.step; pyro_vae.fastpath (an alias of this module)
-    # still offers it. Imported on first use: the training package imports this module.
-    if name in _STEP_NAMES:
-        from ..training import step
-
-        return getattr(step, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def estimator_kind(elbo: Any) -> str | None:

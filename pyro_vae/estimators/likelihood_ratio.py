@@ -15,6 +15,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from .. import _internals
 from .._typing import Interval, PositiveInt, Tensor
 from ..registry import register
 from .base import (
@@ -98,7 +99,9 @@ class ScoreFunction_ELBO(DifferentiableLossMixin, TraceGraph_ELBO):
         refuse_point_mass(
             guide, "score_function", "its score is 0 and the guide would get no gradient; use elbo.kind: trace"
         )
-        elbo, surrogate = self._loss_and_surrogate_loss(model, _DetachedSampling()(guide), args, kwargs)
+        elbo, surrogate = _internals.tracegraph_loss_and_surrogate(
+            self, model, _DetachedSampling()(guide), args, kwargs
+        )
         if self.baseline:
             if self.average is not None:  # surrogate ELBO -= b * score: the cost minus b, per point
                 surrogate = surrogate + self.average * self._score / self.num_particles
