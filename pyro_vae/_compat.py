@@ -18,7 +18,7 @@ from types import ModuleType
 #: old dotted name -> new dotted name (the module users imported before the subpackages existed)
 MOVED: dict[str, str] = {
     # estimators/
-    "pyro_vae.fastpath": "pyro_vae.estimators.fast",
+    "pyro_vae.fastpath": "pyro_vae.estimators.fastpath",
     "pyro_vae.free_bits": "pyro_vae.estimators.free_bits",
     "pyro_vae.divergences": "pyro_vae.estimators.divergences",
     # training/
