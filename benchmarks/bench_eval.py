@@ -7,14 +7,21 @@ each (the whole 10,000-image test set by default; fewer are extrapolated linearl
 
 The lower bound is arithmetic only: K x N draws, each one decoder pass of
 2 (50*200 + 200*200 + 200*784) floating-point operations, divided by the matmul throughput of this
-machine measured on the same shapes (``torch.nn.functional.linear`` on the rows of one evaluation
-chunk). It ignores the encoder (N passes), the Bernoulli log-mass over 784 pixels per draw and the
+machine measured on the same shapes (``torch.nn.functional.linear``), the better of two ways of using
+every core: torch's intra-op threads on one chunk of rows (how the evaluation ran before), and one
+single-threaded stream of matmuls per core on blocks of ``log_weights.BLOCK_ROWS`` rows (how it runs
+now). It ignores the encoder (N passes), the Bernoulli log-mass over 784 pixels per draw and the
 log-sum-exp, so the measured time is above it by those and by memory traffic.
+
+Memory: the resident set (``VmRSS``) is sampled every 50 ms during the run; its growth from the start of
+the evaluation to the end and the peak are reported (the evaluation runs in fixed buffers, so it
+should not grow with the number of points).
 
 ``--old-points P`` also times the Pyro-traced path (what every pair not covered by the direct form
 uses, and what the standard pair used before) on P images, for the before/after comparison.
 
-Run: ``python benchmarks/bench_eval.py --out benchmarks/results`` (add ``--device cuda`` on a GPU).
+Run: ``python benchmarks/bench_eval.py --out benchmarks/results`` (add ``--device cuda`` on a GPU;
+``--quick`` scores 30 images at K = 500 and writes ``eval_quick*``: a dry run of the script).
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ import argparse
 import itertools
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]  # this checkout's pyro_vae, not an installed copy
 from _common import MNIST_ROOT, machine, write
 
 HIDDEN = [200, 200]
@@ -64,26 +74,75 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_throughput(rows: int, device: torch.device, seconds: float = 3.0) -> float:
-    """FLOP/s of the decoder's three matmuls (with bias) on ``rows`` rows, float32, timed back to back."""
+def matmul_throughput(rows: int, device: torch.device, seconds: float = 3.0, streams: int = 1) -> float:
+    """FLOP/s of the decoder's three matmuls (with bias) on ``rows`` rows, float32, timed back to back;
+    ``streams`` > 1: that many Python threads, each with one torch thread and its own rows, at once."""
     dims = [LATENT, *HIDDEN[::-1], PIXELS]
-    xs = [torch.randn(rows, a, device=device) for a in dims[:-1]]
     ws = [(torch.randn(b, a, device=device), torch.randn(b, device=device)) for a, b in itertools.pairwise(dims)]
     flops = rows * decoder_flops_per_draw()
 
-    def once() -> None:
-        for x, (w, b) in zip(xs, ws, strict=True):
-            torch.nn.functional.linear(x, w, b)
+    def run(_: int) -> int:
+        xs = [torch.randn(rows, a, device=device) for a in dims[:-1]]
 
-    for _ in range(3):
-        once()
-    _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        once()
-        n += 1
-    _sync(device)
-    return n * flops / (time.perf_counter() - t0)
+        def once() -> None:
+            for x, (w, b) in zip(xs, ws, strict=True):
+                torch.nn.functional.linear(x, w, b)
+
+        for _ in range(3):
+            once()
+        _sync(device)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            once()
+            n += 1
+        _sync(device)
+        return n
+
+    if streams <= 1:
+        t0 = time.perf_counter()
+        n = run(0)
+        return n * flops / (time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(streams, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            t0 = time.perf_counter()
+            n = sum(pool.map(run, range(streams)))
+            return n * flops / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rss_mb(field: str = "VmRSS") -> float:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+class RssWatch:
+    """Samples the resident set every 50 ms in a thread (torch operations release the GIL)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(_rss_mb())
+            time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        self.samples.append(_rss_mb())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(_rss_mb())
 
 
 def timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
@@ -94,6 +153,22 @@ def timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t, time.process_time() - c
 
 
+def _busy_processes() -> list[str]:
+    """The other processes using the CPU now (``ps``: nice, %CPU, command), for the record."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,ni=,pcpu=,args="], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    rows = []
+    for line in out.splitlines():
+        pid, ni, pcpu, cmd = line.split(None, 3)
+        if int(pid) != os.getpid() and float(pcpu) >= 5:
+            rows.append(f"nice {ni}, {pcpu}% CPU: {cmd[:110]}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=10000, help="test images scored (extrapolated to 10,000)")
@@ -101,29 +176,38 @@ def main() -> None:
     ap.add_argument("--old-points", type=int, default=0, help="also time the traced path on this many images")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="30 images at K = 500, results as eval_quick*: a dry run")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
+    if args.quick:
+        args.points, args.K, args.old_points = min(args.points, 30), 500, min(args.old_points, 5)
 
-    import pyro_vae.evaluate  # noqa: F401
     from pyro_vae import data as data_mod
+    from pyro_vae.evaluation import evaluate, log_weights
     from pyro_vae.models.vae import build_model
-
-    evaluate = sys.modules["pyro_vae.evaluate"]  # the module (the package exports the function of that name)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = spec(args.device)
     info = machine(args.threads)
+    info["busy_processes_start"] = _busy_processes()
     ds = data_mod.load(cfg["data"], "cpu")
-    x = ds.x_test[: args.points]
+    x = ds.x_test[: args.points].clone()
+    del ds
     torch.manual_seed(0)
     vae = build_model(cfg, (1, 28, 28)).to(device)
     assert evaluate.direct_supported(vae)
 
     chunk = min(args.K, evaluate.ROW_BUDGET)
-    rows = max(1, evaluate.ROW_BUDGET // chunk) * chunk  # decoder rows per pass, as point_terms chunks them
+    rows = max(1, evaluate.ROW_BUDGET // chunk) * chunk  # decoder rows per chunk, as point_terms draws them
+    block = min(args.K, log_weights.BLOCK_ROWS)  # rows per block of one thread
     load0 = os.getloadavg()[0]
-    flops_s = matmul_throughput(rows, device)
+    throughput = {f"intra-op threads, {rows} rows": matmul_throughput(rows, device)}
+    if device.type == "cpu" and args.threads > 1:
+        throughput[f"{args.threads} single-threaded streams, {block} rows each"] = matmul_throughput(
+            block, device, streams=args.threads
+        )
+    flops_s = max(throughput.values())
     load_mm = os.getloadavg()[0]
 
     runs: dict[str, dict[str, Any]] = {}
@@ -136,7 +220,8 @@ def main() -> None:
         try:
             torch.manual_seed(1)
             la = os.getloadavg()[0]
-            terms, wall, cpu = timed(lambda n=n: evaluate.point_terms(vae, x[:n], None, args.K), device)
+            with RssWatch() as rss:
+                terms, wall, cpu = timed(lambda n=n: evaluate.point_terms(vae, x[:n], None, args.K), device)
         finally:
             evaluate.direct_supported = orig  # type: ignore[misc]
         scale = 10000 / n
@@ -144,42 +229,53 @@ def main() -> None:
             "points": n, "wall_s": wall, "cpu_s": cpu, "loadavg_1min_before": la, "loadavg_1min_after": os.getloadavg()[0],
             "wall_s_10000": wall * scale, "cpu_s_10000": cpu * scale, "extrapolated": n != 10000,
             "mean_L_K": float(terms.log_likelihood.double().mean()),
+            "rss_start_mb": rss.samples[0], "rss_end_mb": rss.samples[-1], "rss_peak_sampled_mb": max(rss.samples),
+            "rss_growth_mb": rss.samples[-1] - rss.samples[0], "vm_hwm_mb": _rss_mb("VmHWM"),
         }  # fmt: skip
 
     flops_total = args.K * 10000 * decoder_flops_per_draw()
     bound = flops_total / flops_s
     d = runs["direct"]
+    info["busy_processes_end"] = _busy_processes()
     payload = {
         "machine": info,
         "model": "784-200-200-50 tanh MLP VAE, Bernoulli likelihood, diagonal-Normal guide (untrained)",
         "K": args.K,
-        "rows_per_pass": rows,
+        "rows_per_chunk": rows,
+        "rows_per_block": block,
         "decoder_flops_per_draw": decoder_flops_per_draw(),
         "decoder_flops_total_10000": flops_total,
-        "matmul_flops_per_s": flops_s,
+        "matmul_flops_per_s": throughput,
         "loadavg_1min": {"start": load0, "after_matmul": load_mm},
         "lower_bound_s_10000": bound,
         "runs": runs,
         "ratio_wall_to_bound": d["wall_s_10000"] / bound,
     }
     ext = " (extrapolated from {} images)"
+    tp = "; ".join(f"{k}: {v / 1e9:.1f} GFLOP/s" for k, v in throughput.items())
+    busy = info["busy_processes_start"]
     md = [
         f"### L_{args.K} on the 10,000 MNIST test images, 784-200-200-50 tanh VAE ({args.device})\n",
         (
             f"Decoder: {decoder_flops_per_draw():,} FLOPs per draw; {args.K} x 10,000 draws = {flops_total:.3e} FLOPs. "
-            f"Measured matmul throughput on the same shapes ({rows} rows): {flops_s / 1e9:.1f} GFLOP/s "
-            f"(load average {load0:.2f}). Arithmetic lower bound: **{bound:.0f} s**.\n"
+            f"Measured matmul throughput on the same shapes ({tp}; load average {load0:.2f}). "
+            f"Arithmetic lower bound at the better one: **{bound:.0f} s**.\n"
         ),
-        "| path | images timed | wall s (10,000 images) | CPU s (10,000 images) | wall / lower bound | load avg (1 min) | mean L_K |",
-        "|---|---|---|---|---|---|---|",
+        "Other processes using the CPU at the start: " + ("; ".join(busy) if busy else "none above 5%") + ".\n",
+        (
+            "| path | images timed | wall s (10,000 images) | CPU s (10,000 images) | wall / lower bound "
+            "| load avg (1 min) | RSS start -> end (peak), MB | mean L_K |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         md.append(
             f"| {name} | {r['points']} | {r['wall_s_10000']:.0f}{ext.format(r['points']) if r['extrapolated'] else ''} "
             f"| {r['cpu_s_10000']:.0f} | {r['wall_s_10000'] / bound:.2f} | {r['loadavg_1min_before']:.2f} -> {r['loadavg_1min_after']:.2f} "
-            f"| {r['mean_L_K']:.2f} |"
+            f"| {r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({r['rss_peak_sampled_mb']:.0f}) | {r['mean_L_K']:.2f} |"
         )
-    write(args.out, "eval" if args.device == "cpu" else f"eval_{device.type}", payload, "\n".join(md) + "\n")
+    name = "eval" if args.device == "cpu" else f"eval_{device.type}"
+    write(args.out, name.replace("eval", "eval_quick") if args.quick else name, payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ..models.vae import VAE
 from . import log_weights
 from .gradients import GradientStats, gradient_stats  # re-exported: pyro_vae.evaluation.evaluate.gradient_stats
 
-#: Decoder evaluations (points x particles) per forward pass: bounds memory at any K.
+#: (point, particle) draws per chunk (and per decoder pass on the traced path): bounds memory at any K.
 ROW_BUDGET = 1 << 14
 #: Draws per point behind the Monte Carlo posterior mean of a guide without a closed-form mean (a flow).
 MEAN_DRAWS = 256

@@ -17,6 +17,10 @@ block's logits (1024 x 784 float32 = 3.2 MB) stay in the cache for the element-w
 the last matmul. Its Bernoulli log-mass needs no product x . l over the pixels:
 x . l = x . (W h + b) = (W^T x) . h + x . b, with W^T x computed once per point (:meth:`MLPBernoulli.log_mass`).
 Any other decoder or likelihood runs through its own modules on the same blocks.
+
+Threads: on the CPU the blocks of the buffered decoder go to one single-threaded worker per core
+(:class:`Blocks`) instead of torch's intra-op threads, which synchronize at every operation: on a
+machine shared with other jobs, a worker that loses its core delays one block, not every operation.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ _IN_PLACE: dict[type, Callable[[nn.Module, Tensor], Any]] = {
     nn.ReLU: lambda m, t: t.relu_(),
     nn.Sigmoid: lambda m, t: t.sigmoid_(),
     nn.SiLU: lambda m, t: F.silu(t, inplace=True),
-    nn.ELU: lambda m, t: F.elu_(t, m.alpha),
-    nn.LeakyReLU: lambda m, t: F.leaky_relu_(t, m.negative_slope),
+    nn.ELU: lambda m, t: F.elu_(t, m.alpha),  # type: ignore[arg-type]
+    nn.LeakyReLU: lambda m, t: F.leaky_relu_(t, m.negative_slope),  # type: ignore[arg-type]
     nn.Softplus: lambda m, t: t.copy_(m(t)),
     nn.GELU: lambda m, t: t.copy_(m(t)),
 }
