@@ -271,11 +271,22 @@ def test_noise_handler_draws_reach_the_fast_path(name):
     assert fast.fallbacks == 0 and torch.allclose(losses[0], losses[1], rtol=1e-5)
 
 
-@pytest.mark.parametrize("elbo", ["elbo.kind=trace", "elbo.kind=iwae"])
-def test_fit_with_and_without_the_fast_path_trains_the_same_model(tmp_path, tiny, elbo):
-    from pyro_vae.train import fit
+@pytest.mark.parametrize(
+    ("elbo", "beta"),
+    [
+        ("elbo.kind=trace", 0.5),
+        ("elbo.kind=iwae", 0.5),
+        ("elbo.kind=dreg", 1.0),  # the score-free gradient (KL weight 1)
+        ("elbo.kind=dreg", 0.5),  # the plain IWAE gradient below 1
+        ("elbo.kind=stl", 1.0),
+    ],
+)
+def test_fit_with_and_without_the_fast_path_trains_the_same_model(tmp_path, tiny, elbo, beta):
+    from pyro_vae.training import fit
 
-    common = [*tiny, elbo, "elbo.beta=0.5", "train.figures=false", "train.epochs=2", "data.limit=128"]
+    # kl_schedule constant: the KL weight is beta from the first step (the default warm-up keeps it below 1)
+    common = [*tiny, elbo, f"elbo.beta={beta}", "train.kl_schedule=constant", "train.figures=false", "train.epochs=2"]
+    common.append("data.limit=128")
     runs = [
         fit(None, overrides=[*common, f"train.fast_path={on}"], out=tmp_path / str(on)).history
         for on in ("true", "false")
