@@ -4,13 +4,18 @@ A plugin is a Python module whose import registers components with the public de
 the built-ins do::
 
     # mypkg/priors.py
+    import pyro.distributions as dist, torch
     from pyro_vae import register
     from pyro_vae.models import Prior
 
-    @register("prior", "student_t", context=("latent_dim",))
-    class StudentT(Prior):
-        def __init__(self, *, latent_dim: int, df: float = 3.0) -> None: ...
-        def forward(self): return dist.StudentT(self.df, self.loc, self.scale).to_event(1)
+    @register("prior", "laplace", context=("latent_dim",))
+    class LaplacePrior(Prior):
+        def __init__(self, *, latent_dim: int, scale: float = 1.0) -> None:
+            super().__init__()
+            self.register_buffer("scale", torch.full((latent_dim,), scale))
+
+        def forward(self):
+            return dist.Laplace(torch.zeros_like(self.scale), self.scale).to_event(1)
 
 Three ways to bring it in, all imported before a spec's components are resolved:
 
@@ -25,8 +30,9 @@ Three ways to bring it in, all imported before a spec's components are resolved:
       [project.entry-points."pyro_vae.components"]
       mypkg = "mypkg.priors"
 
-A module is imported by name from ``sys.path``, with the current directory searched last (as
-``python -m`` would). A plugin that fails to import is one :class:`PluginError` line (exit code 2).
+A module is imported by name from ``sys.path``, with the current directory searched last (the
+``pyro-vae`` console script's own path lacks it). A plugin that fails to import is one
+:class:`PluginError` line (exit code 2).
 """
 
 from __future__ import annotations

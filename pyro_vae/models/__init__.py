@@ -8,7 +8,7 @@ from .pixel import Categorical256, DiscretizedLogisticLikelihood
 from .priors import FlowPrior, LearnedNormal, MixturePrior, Prior, StandardNormal, VampPrior
 from .program import ProgramVAE, program_vae  # registers model kind pyro (a hand-written Pyro program)
 from .vae import VAE, Generative, build_model
-from .vqvae import vqvae as vqvae  # registers model kind vqvae (the name stays bound to the factory, as before)
+from . import vqvae  # registers model kind vqvae (the module; its factory is vqvae.vqvae)
 
 __all__ = [
     "CVAE",

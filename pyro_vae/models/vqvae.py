@@ -43,6 +43,7 @@ from .._typing import Component, ComponentSpec, Interval, NonNegativeFloat, Posi
 from ..errors import SpecError
 from ..registry import REGISTRY, register
 from .likelihoods import Likelihood
+from .priors import Prior
 from .vae import VAE, Generative
 
 
@@ -157,7 +158,7 @@ class CodebookPrior(dist.TorchDistribution):
         return torch.full(value.shape[:-2], -p * math.log(k), dtype=value.dtype, device=value.device)
 
 
-class VQPrior(nn.Module):
+class VQPrior(Prior):
     """p(z): uniform over the codebook at every position (sampling uses the fitted frequencies)."""
 
     def __init__(self, codebook: Codebook) -> None:
