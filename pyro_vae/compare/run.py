@@ -118,7 +118,7 @@ def run_job(job: Job, options: CompareOptions = DEFAULT_OPTIONS, force: bool = F
 def evaluate_model(vae: Any, data: Any, options: CompareOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """The comparison's evaluation of one trained model: L_K etc. on the (first N) test points.
 
-    Besides :class:`~pyro_vae.evaluate.EvalResult`'s fields, ``point_log_likelihoods`` keeps the
+    Besides :class:`~pyro_vae.evaluation.EvalResult`'s fields, ``point_log_likelihoods`` keeps the
     per-point L_K values, so that estimators can be compared point by point (paired differences).
     """
     x, y = first_test_points(data, options.eval_points)
