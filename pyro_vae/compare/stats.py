@@ -26,7 +26,7 @@ def standard_error(xs: Sequence[float]) -> float:
 
 def reported_value(test: Mapping[str, Any], q: str) -> float:
     """``elbo`` or ``kl`` of an eval.json-style record; for a point-mass guide the point score or
-    prior penalty that stand in their place (see :meth:`pyro_vae.evaluate.Measure.fields`)."""
+    prior penalty that stand in their place (see :meth:`pyro_vae.evaluation.Measure.fields`)."""
     v = test.get(q)
     if v is None:
         v = test.get({"elbo": "point_score", "kl": "prior_penalty"}.get(q, q))
