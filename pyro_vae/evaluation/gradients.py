@@ -5,7 +5,7 @@ z); :func:`gradient_stats` repeats it ``draws`` times for each number of particl
 it per parameter group: ``encoder`` (the guide's parameters) and ``decoder`` (the model's: decoder,
 prior, likelihood). SNR = |E g| / std g per coordinate (Rainforth et al. 2018, "Tighter variational
 bounds are not necessarily better"): IWAE's encoder SNR falls like 1/sqrt(K), DReG's does not.
-Also exposed as ``pyro_vae.evaluate.gradient_stats`` and ``pyro-vae gradients RUN_DIR``.
+Also exposed as ``pyro_vae.gradient_stats`` and ``pyro-vae gradients RUN_DIR``.
 """
 
 from __future__ import annotations
