@@ -230,7 +230,7 @@ PROBE_ABOVE_ROWS = 5_000_000
 
 def estimate_eval_seconds(vae: Any, x: Any, y: Any, num_particles: int, points: int) -> tuple[float, str]:
     """Seconds to score ``points`` points with ``num_particles`` particles, from a short timed probe
-    (one chunk of :data:`~pyro_vae.evaluate.ROW_BUDGET` rows, as the evaluation itself runs, after a
+    (one chunk of :data:`~pyro_vae.evaluation.ROW_BUDGET` rows, as the evaluation itself runs, after a
     small warm-up), and how the estimate was made."""
     import time
 
