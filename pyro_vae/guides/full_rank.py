@@ -18,7 +18,7 @@ from .base import AmortizedGuide
 class FullRankGuide(AmortizedGuide):
     """N(mu(x), L(x) L(x)^T): lower-triangular L with a softplus diagonal; reparameterized.
 
-    KL to a diagonal Gaussian prior is closed-form (``pyro_vae.divergences``), so ``meanfield`` applies.
+    KL to a diagonal Gaussian prior is closed-form (``pyro_vae.estimators.divergences``), so ``meanfield`` applies.
     """
 
     rows: Tensor  # (row, col) of the strictly lower triangle
