@@ -41,7 +41,7 @@ class Likelihood(nn.Module):
 
     def normalized_on(self, x: Tensor) -> bool:
         """True if ``log_prob`` on ``x`` is a normalized log-density or log-mass, so that bounds built
-        from it bound log p(x) (see :func:`pyro_vae.evaluate.measure_of`)."""
+        from it bound log p(x) (see :func:`pyro_vae.evaluation.measure_of`)."""
         return True
 
     def _event(self, d: dist.TorchDistribution) -> dist.TorchDistribution:
