@@ -49,7 +49,7 @@ class _Writer:
             n = self._f.write(b)
             if self._delay:
                 time.sleep(self._delay)
-        except BaseException as e:  # OSError, or a stop (SIGINT/SIGTERM) raised by pyro_vae.interrupt
+        except BaseException as e:  # OSError, or a stop (SIGINT/SIGTERM) raised by pyro_vae.training.signals
             self.error = self.error or e
             raise
         return n  # type: ignore[no-any-return]
