@@ -61,7 +61,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "nadam", "sgd"] = "adam"  # nadam: Adam with Nesterov momentum (Dozat 2016)
     weight_decay: NonNegativeFloat = 0.0  # decoupled for adamw, L2 otherwise
     eps: PositiveFloat = 1e-8  # adam, adamw, nadam: the denominator's epsilon (Burda et al. 2015 use 1e-4)
-    # learning rate per epoch (pyro_vae/schedules.py): constant; burda: stage i = 0, 1, ... lasts 3^i epochs
+    # learning rate per epoch (pyro_vae/training/schedules.py): constant; burda: stage i = 0, 1, ... lasts 3^i epochs
     # at lr * 10^(-i/7) (Burda et al. 2015); epochs 364 ends after stage 5, 3280 after stage 7
     lr_schedule: Literal["constant", "burda"] = "constant"
     momentum: Annotated[float, Interval(0, 1, high_open=True)] = 0.0  # sgd only
@@ -69,12 +69,12 @@ class TrainConfig:
     eval_particles: PositiveInt = 100  # K of the importance-sampled log-likelihood in summary.json
     progress: bool = True  # tqdm progress bar with the running loss; plain lines when stderr is not a terminal
     progress_seconds: PositiveFloat = 60.0  # plain lines: at most one per this many seconds inside an epoch
-    # experiment trackers (optional extras; pyro_vae/trackers.py): per-step objective, per-epoch metrics,
+    # experiment trackers (optional extras; pyro_vae/training/trackers.py): per-step objective, per-epoch metrics,
     # figures and this spec, to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (mlflow_uri)
     log_to: tuple[Literal["tensorboard", "mlflow"], ...] = ()
     mlflow_uri: str | None = None  # MLflow tracking URI; null: a local file store, file:RUN_DIR/mlruns
     figures: bool = True  # write RUN_DIR/figures/*.png after training
-    # KL weight per step = elbo.beta * factor (pyro_vae/schedules.py). constant: 1; linear: warm-up
+    # KL weight per step = elbo.beta * factor (pyro_vae/training/schedules.py). constant: 1; linear: warm-up
     # 0 -> 1 over kl_steps steps (Bowman et al. 2016); cyclical: cycles of kl_steps steps, each ramping
     # 0 -> 1 over its first kl_ramp fraction, then 1 (Fu et al. 2019). Reported bounds are unweighted.
     kl_schedule: Literal["constant", "linear", "cyclical"] = "constant"
@@ -82,7 +82,7 @@ class TrainConfig:
     kl_ramp: Annotated[float, Interval(0, 1)] = 0.5  # cyclical: fraction of each cycle spent ramping (R)
     max_bad_steps: PositiveInt = 20  # NaN/inf loss or gradient: skip the step; stop after this many in a row
     # stop when the held-out bound falls more than max(this, 10 x the std of the last 5 epochs) nats
-    # below its best so far (pyro_vae/nonfinite.py: check_divergence); 0 turns the guard off
+    # below its best so far (pyro_vae/training/nonfinite.py: check_divergence); 0 turns the guard off
     divergence_nats: NonNegativeFloat = 50.0
     # learning curve: every curve_every epochs (and at the last), L_K with K = curve_particles on the first
     # curve_points test points, as curve_ll in metrics.jsonl (its own seeded draws; 0 turns it off)
@@ -104,7 +104,7 @@ class DataOptions:
     valid_size: NonNegativeFloat = 0.1  # < 1: fraction of the training split held out; >= 1: a count
     limit: NonNegativeInt = 0  # > 0: keep only the first N training points (quick trials)
     # Stream the training split through a torch DataLoader instead of holding it on the training device
-    # (pyro_vae/streaming.py; same numbers either way). auto: when it exceeds memory_budget_gb.
+    # (pyro_vae/data/streaming.py; same numbers either way). auto: when it exceeds memory_budget_gb.
     stream: Literal["auto"] | bool = "auto"
     memory_budget_gb: PositiveFloat | None = None  # null: half the memory available on the training device
     stream_workers: NonNegativeInt | None = None  # DataLoader worker processes when streaming; null: min(4, CPUs - 1)
