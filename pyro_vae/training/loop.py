@@ -226,7 +226,7 @@ def _build_model(
     cfg: dict[str, Any], tcfg: spec_mod.TrainConfig, ds: Dataset, device: torch.device, dctx: dist_mod.Context
 ) -> VAE:
     """The model of the spec on ``device``, once the data, memory and final evaluation's duration allow it."""
-    # model, batch and particles that cannot fit in memory: one line with the estimate (pyro_vae/resources.py)
+    # model, batch and particles that cannot fit in memory: one line with the estimate (evaluation/resources.py)
     resources.check_training_fits(cfg, ds.event_shape, ds.num_classes, device, eval_rows=ROW_BUDGET)
     vae = build_model(cfg, ds.event_shape, ds.num_classes).to(device)
     check_data(vae, ds)
