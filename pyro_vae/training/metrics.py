@@ -109,7 +109,7 @@ def final_summary(vae: VAE, ds: Dataset, history: list[dict[str, Any]], tcfg: Tr
         # model-specific figures, e.g. VQ-VAE codebook usage/perplexity/dead codes (guide.extra_metrics)
         **(extra_metrics(vae, data_mod.as_float(ds.x_test)) if extra_metrics is not None else {}),
     }
-    # measure/labels say what test_elbo, test_log_likelihood and test_kl are (pyro_vae.evaluate.Measure)
+    # measure/labels say what test_elbo, test_log_likelihood and test_kl are (pyro_vae.evaluation.Measure)
     return Measure.from_kind(res.measure).fields(out, prefix="test_", k=tcfg.eval_particles)
 
 
