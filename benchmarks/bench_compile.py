@@ -38,11 +38,11 @@ def main() -> None:
 
     from bench_step import spec
 
-    from pyro_vae import fastpath
     from pyro_vae import spec as spec_mod
+    from pyro_vae.estimators import fastpath
     from pyro_vae.models.vae import build_model
     from pyro_vae.registry import REGISTRY
-    from pyro_vae.train import make_optimizer
+    from pyro_vae.training.loop import make_optimizer
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -52,7 +52,9 @@ def main() -> None:
     for est in args.estimators.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             cfg = spec(elbos[est], batch)
-            xs = torch.bernoulli(torch.rand(16 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(device)
+            xs = torch.bernoulli(torch.rand(16 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(
+                device
+            )
             steps: dict[str, Any] = {}
             compile_s = 0.0
             for name in ("eager", "compiled"):
@@ -65,8 +67,14 @@ def main() -> None:
                 opt = make_optimizer(params, spec_mod.train_config(cfg))
                 it = {"i": 0}
 
-                def step(loss_fn: Any = loss_fn, opt: Any = opt, params: Any = params, it: Any = it,
-                         xs: torch.Tensor = xs, batch: int = batch) -> None:
+                def step(
+                    loss_fn: Any = loss_fn,
+                    opt: Any = opt,
+                    params: Any = params,
+                    it: Any = it,
+                    xs: torch.Tensor = xs,
+                    batch: int = batch,
+                ) -> None:
                     it["i"] = (it["i"] + 1) % 16
                     x = xs[it["i"] * batch : (it["i"] + 1) * batch]
                     fastpath.train_step(loss_fn, opt, params, x, None, batch)
@@ -98,7 +106,12 @@ def main() -> None:
             f"| {r['estimator']} | {r['batch']} | {r['eager_ms']:.2f} | {r['compiled_ms']:.2f} | {r['eager_cpu_ms']:.2f} "
             f"| {r['compiled_cpu_ms']:.2f} | {r['speedup']:.2f}x | {r['compile_s']:.1f} | {be} |"
         )
-    write(args.out, "compile" if args.device == "cpu" else f"compile_{device.type}", {"machine": info, "rows": rows}, "\n".join(md) + "\n")
+    write(
+        args.out,
+        "compile" if args.device == "cpu" else f"compile_{device.type}",
+        {"machine": info, "rows": rows},
+        "\n".join(md) + "\n",
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Epoch time: one MNIST epoch (60,000 images less the validation split) of the MLP VAE 784-400-50 at batch 128.
 
-Runs the real ``pyro_vae.train.fit`` (spec below, ``train.epochs: 1``) with the fast path on and off,
+Runs the real ``pyro_vae.training.loop.fit`` (spec below, ``train.epochs: 1``) with the fast path on and off,
 alternating, ``--repeats`` times each, and reports the training seconds ``fit`` records per epoch
 (``metrics.jsonl`` ``seconds``: the optimization steps only, not the per-epoch test ELBO).
 On a GPU (``--device cuda``) the data live on the device and the running loss is read once per
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MNIST_ROOT, machine, write
 
-from pyro_vae.train import fit
+from pyro_vae.training.loop import fit
 
 
 def spec(device: str, batch: int, elbo: str) -> dict[str, Any]:

@@ -109,7 +109,9 @@ def make_folder(folder: Path, n: int) -> float:
     return time.perf_counter() - t
 
 
-def measure(folder: Path, cache_dir: Path, *, as_floats: bool = False, workers: int = 0, cache: bool = True) -> dict[str, Any]:
+def measure(
+    folder: Path, cache_dir: Path, *, as_floats: bool = False, workers: int = 0, cache: bool = True
+) -> dict[str, Any]:
     cfg = {"name": "image_folder", "path": str(folder), "size": SIDE, "crop": "center", "channels": 3,
            "test_size": 0.1, "labels": True, "cache": cache, "cache_dir": str(cache_dir), "decode_workers": workers,
            "binarize": "none", "valid_size": 0.1, "limit": 0, "stream": False, "as_floats": as_floats}  # fmt: skip
@@ -144,7 +146,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        variants = [("first (decode + write cache)", r["first"]), ("cached", r["cached"]), ("cached, again", r["cached_again"])]
+        variants = [
+            ("first (decode + write cache)", r["first"]),
+            ("cached", r["cached"]),
+            ("cached, again", r["cached_again"]),
+        ]
         if "one_process_float32" in r:
             variants.append(("one process, float32 (before)", r["one_process_float32"]))
         for label, m in variants:
@@ -156,10 +162,14 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"{_gb(_grew(al, b, 'RssFile'))} | {_gb(_grew(ap_, b, 'RssAnon') + _grew(ap_, b, 'RssFile'))} | {_gb(peak)} |"
             )
     lines.append("")
-    lines.append("| images | JPEGs on disk (MB) | cache file (MB) | float32 in memory (MB, computed: N x 3 x 64 x 64 x 4) |")
+    lines.append(
+        "| images | JPEGs on disk (MB) | cache file (MB) | float32 in memory (MB, computed: N x 3 x 64 x 64 x 4) |"
+    )
     lines.append("|---:|---:|---:|---:|")
     for r in rows:
-        lines.append(f"| {r['images']:,} | {r['jpeg_mb']:.0f} | {r['cache_mb']:.0f} | {r['images'] * 3 * SIDE * SIDE * 4 / 2**20:.0f} |")
+        lines.append(
+            f"| {r['images']:,} | {r['jpeg_mb']:.0f} | {r['cache_mb']:.0f} | {r['images'] * 3 * SIDE * SIDE * 4 / 2**20:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +180,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pyro-vae-bench-images"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--keep", action="store_true", help="keep the image folders and caches")
-    ap.add_argument("--rows-from", type=Path, help="rewrite the markdown from an earlier run's JSON (nothing is measured)")
+    ap.add_argument(
+        "--rows-from", type=Path, help="rewrite the markdown from an earlier run's JSON (nothing is measured)"
+    )
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     info = machine(1)
@@ -196,7 +208,9 @@ def main() -> None:
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
 
-    write(a.out, "image_cache", {"machine": info, "side": SIDE, "rows": rows}, render(rows), keep_load=bool(a.rows_from))
+    write(
+        a.out, "image_cache", {"machine": info, "side": SIDE, "rows": rows}, render(rows), keep_load=bool(a.rows_from)
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,8 @@ def _reset_peak() -> None:
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
-    from pyro_vae import fastpath
-    from pyro_vae.estimators import iwae_bound, log_terms
-    from pyro_vae.evaluate import point_terms
+    from pyro_vae.estimators import fastpath, iwae_bound, log_terms
+    from pyro_vae.evaluation import point_terms
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_step import spec
@@ -64,7 +63,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from pyro_vae import spec as spec_mod
     from pyro_vae.models.vae import build_model
     from pyro_vae.registry import REGISTRY
-    from pyro_vae.train import make_optimizer
+    from pyro_vae.training.loop import make_optimizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ from pyro_vae import distributed, fastpath
 from pyro_vae import spec as spec_mod
 from pyro_vae.models.vae import build_model
 from pyro_vae.registry import REGISTRY
-from pyro_vae.train import make_optimizer
+from pyro_vae.training.loop import make_optimizer
 
 
 def main() -> None:

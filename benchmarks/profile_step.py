@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write
 from bench_step import ESTIMATORS, TorchVAE, spec
 
-from pyro_vae import fastpath
 from pyro_vae import spec as spec_mod
+from pyro_vae.estimators import fastpath
 from pyro_vae.models.vae import build_model
 from pyro_vae.registry import REGISTRY
-from pyro_vae.train import make_optimizer
+from pyro_vae.training.loop import make_optimizer
 
 
 def main() -> None:

@@ -89,7 +89,9 @@ class TrainConfig:
     curve_every: NonNegativeInt = 0
     curve_points: PositiveInt = 1000
     curve_particles: PositiveInt = 100
-    fast_path: bool = True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/estimators/fast.py)
+    fast_path: bool = (
+        True  # same loss as Pyro's traces, computed directly for the standard VAE (pyro_vae/estimators/fast.py)
+    )
     # torch.compile the training loss (inductor). Off: on this project's 2-core CPU it paid only for
     # some shapes and costs 10-30 s of compilation (benchmarks/README.md, torch.compile); compiled draws
     # come from inductor's generator, so a run is equal in distribution to an eager one, not draw for draw
@@ -210,7 +212,9 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, OverflowError) as e:  # e.g. ``!!int abc``, a 5000-digit integer
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {brief(node.value if isinstance(node.value, str) else '...')}: {e}",
+                None,
+                None,
+                f"cannot read {brief(node.value if isinstance(node.value, str) else '...')}: {e}",
                 node.start_mark,
             ) from None
 
@@ -233,7 +237,9 @@ _Loader.add_constructor(_TAG + "int", _construct_int)
 class _Dumper(yaml.SafeDumper):
     """Quotes every string that YAML 1.1 *or* 1.2 would read as something else (``yes``, ``1e3``, ``0o7``)."""
 
-    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {
+        k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()
+    }
 
 
 for _first_char, _resolvers in _Loader.yaml_implicit_resolvers.items():
@@ -254,7 +260,9 @@ def _check_expansion(root: Any, limit: int) -> None:
         if key in sizes:
             return sizes[key]
         if key in active:
-            raise yaml.composer.ComposerError(None, None, "an alias refers to its own anchor (a recursive structure)", node.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to its own anchor (a recursive structure)", node.start_mark
+            )
         active.add(key)
         if isinstance(node, yaml.SequenceNode):
             n = 1 + sum(size(c) for c in node.value)
@@ -265,7 +273,9 @@ def _check_expansion(root: Any, limit: int) -> None:
         active.discard(key)
         if n > limit:
             raise yaml.composer.ComposerError(
-                None, None, f"its aliases expand to more than {limit:,} values (an alias bomb?); write the values out",
+                None,
+                None,
+                f"its aliases expand to more than {limit:,} values (an alias bomb?); write the values out",
                 node.start_mark,
             )
         sizes[key] = n
@@ -446,7 +456,9 @@ def check_value(key: str, value: Any, ann: Any) -> Any:
     raise TypeError(f"{key}: unsupported annotation {ann!r}")  # a programming error, not user input
 
 
-def _resolve_params(key: str, raw: Mapping[str, Any], params: dict[str, Param], skip: tuple[str, ...]) -> dict[str, Any]:
+def _resolve_params(
+    key: str, raw: Mapping[str, Any], params: dict[str, Param], skip: tuple[str, ...]
+) -> dict[str, Any]:
     unknown = [k for k in raw if k not in params and k not in skip]
     if unknown:
         valid = ", ".join(sorted(params)) or "none"
@@ -540,7 +552,9 @@ def _guide_section(model: Mapping[str, Any], raw: Any) -> Any:
             "remove the guide section or write guide: {kind: program}"
         )
     if kind == "program":
-        raise SpecError(f"guide.kind: program is the guide of a Pyro program (model.kind: pyro), not of model.kind: {model['kind']}")
+        raise SpecError(
+            f"guide.kind: program is the guide of a Pyro program (model.kind: pyro), not of model.kind: {model['kind']}"
+        )
     return raw
 
 

@@ -12,7 +12,7 @@ import torch
 from pyro_vae import spec as spec_mod
 from pyro_vae.cli import main
 from pyro_vae.compare import markdown
-from pyro_vae.evaluate import (
+from pyro_vae.evaluation import (
     MEAN_DRAWS,
     EvalResult,
     Measure,
@@ -256,7 +256,7 @@ def test_train_elbo_is_the_beta_1_elbo_of_the_first_training_points(tmp_path, ti
     """metrics.jsonl's train_elbo: one draw per point at beta = 1 on the first training rows, with
     its own seeded draws (so recomputing it after training gives the same number exactly)."""
     from pyro_vae import fit
-    from pyro_vae.train import TRAIN_ELBO_ROWS
+    from pyro_vae.training.loop import TRAIN_ELBO_ROWS
 
     res = fit(overrides=tiny + ["train.figures=false", "elbo.beta=4"], out=tmp_path / "run")  # beta: not in it
     x = res.data.x_train[:TRAIN_ELBO_ROWS]

@@ -111,8 +111,10 @@ def report() -> int:
     rows = {r: _row(r, cpu, ref) for r, _, _ in TABLE}
     zoo = {r: _row(r, cpu, None) for r, _, _ in ZOO}
     lines = [
-        "| row | estimator | K | epochs | -L_5000 (nats) ± SE | Burda et al. (3,280 epochs) | ours - paper | "
-        "L_5000 gain over VAE k=1 (paired) | -ELBO (1 draw) | L_100 curve (1,000 images) | CPU h (train + eval) |",
+        (
+            "| row | estimator | K | epochs | -L_5000 (nats) ± SE | Burda et al. (3,280 epochs) | ours - paper | "
+            "L_5000 gain over VAE k=1 (paired) | -ELBO (1 draw) | L_100 curve (1,000 images) | CPU h (train + eval) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, name, k in TABLE:
@@ -128,8 +130,10 @@ def report() -> int:
                      f"{curve} | {cpu_h} |")  # fmt: skip
     lines += [
         "",
-        "| row | prior | guide | epochs | -L_5000 (nats) ± SE | -ELBO (1 draw) | L_100 curve (1,000 images) | "
-        "CPU h (train + eval) |",
+        (
+            "| row | prior | guide | epochs | -L_5000 (nats) ± SE | -ELBO (1 draw) | L_100 curve (1,000 images) | "
+            "CPU h (train + eval) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row, prior, guide in ZOO:

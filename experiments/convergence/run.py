@@ -100,7 +100,7 @@ def train(rows: list[str], tries: int) -> int:
             print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
             before = _children_cpu()
-            rc = subprocess.run(cmd, env=env).returncode
+            rc = subprocess.run(cmd, check=False, env=env).returncode
             _cpu_add(row, "train", _children_cpu() - before)
             if rc == 2:  # a user error (spec, data): retrying cannot help
                 print(f"{row}: stopped with a user error; see above", flush=True)
@@ -122,7 +122,7 @@ def _rss_gib() -> float:
 def evaluate(rows: list[str], which: str) -> int:
     import torch
 
-    from pyro_vae.evaluate import point_terms
+    from pyro_vae.evaluation import point_terms
     from pyro_vae.rundir import load_run
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -171,8 +171,10 @@ def status() -> int:
         ev = RESULTS / f"{row}.json"
         n = len(json.loads(ev.read_text())["ll"]) if ev.exists() else 0
         c = cpu.get(row, {})
-        print(f"{row:16s} epochs {_epochs_done(row):4d}/{_epochs_wanted(row)}  L_5000 images {n:5d}  "
-              f"cpu train {c.get('train', 0) / 3600:.2f} h  evaluate {c.get('evaluate', 0) / 3600:.2f} h")
+        print(
+            f"{row:16s} epochs {_epochs_done(row):4d}/{_epochs_wanted(row)}  L_5000 images {n:5d}  "
+            f"cpu train {c.get('train', 0) / 3600:.2f} h  evaluate {c.get('evaluate', 0) / 3600:.2f} h"
+        )
     return 0
 
 

@@ -121,7 +121,7 @@ def reevaluate(out: Path, workers: int) -> None:
     from dataclasses import fields
 
     from pyro_vae.compare import CompareOptions, write_report
-    from pyro_vae.gradients import GradientStats
+    from pyro_vae.evaluation.gradients import GradientStats
 
     doc = json.loads((out / "compare.json").read_text())
     st = doc["settings"]

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 import pyro_vae
 from pyro_vae import data as data_mod
-from pyro_vae.evaluate import point_terms
+from pyro_vae.evaluation import point_terms
 from pyro_vae.plots import save_grid
 
 
@@ -44,10 +44,14 @@ def target_mask(q: int) -> torch.Tensor:
 
 
 def baseline(d_in: int, d_out: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out)
+    )
 
 
-def train_baseline(xin: torch.Tensor, yout: torch.Tensor, epochs: int, hidden: int, seed: int) -> tuple[nn.Module, float]:
+def train_baseline(
+    xin: torch.Tensor, yout: torch.Tensor, epochs: int, hidden: int, seed: int
+) -> tuple[nn.Module, float]:
     torch.manual_seed(seed)
     net = baseline(xin.shape[1], yout.shape[1], hidden)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -96,22 +100,36 @@ def main() -> None:
         m = target_mask(q).reshape(-1)
         path = out / f"quadrants{q}.npz"
         # x: the pixels to predict (the CVAE's "data"), y: the observed pixels (its condition)
-        np.savez(path, x_train=xtr[:, m].numpy(), y_train=xtr[:, ~m].numpy(), x_test=xte[:, m].numpy(),
-                 y_test=xte[:, ~m].numpy())
+        np.savez(
+            path,
+            x_train=xtr[:, m].numpy(),
+            y_train=xtr[:, ~m].numpy(),
+            x_test=xte[:, m].numpy(),
+            y_test=xte[:, ~m].numpy(),
+        )
         spec = {
             "name": f"mnist-cvae-quadrants{q}",
             "seed": a.seed,
             "data": {"name": "npz", "path": str(path), "valid_size": 0.1},
             "model": {
-                "kind": "cvae", "condition": "tensor", "cond_dim": int((~m).sum()), "latent_dim": a.latent,
+                "kind": "cvae",
+                "condition": "tensor",
+                "cond_dim": int((~m).sum()),
+                "latent_dim": a.latent,
                 "network": {"kind": "mlp", "hidden": [a.hidden]},
                 "prior": {"kind": "conditional", "hidden": [a.hidden]},
                 "likelihood": {"kind": "bernoulli"},
             },
             "guide": {"kind": "diagonal_normal"},
             "elbo": {"kind": "trace"},
-            "train": {"epochs": a.epochs, "batch_size": 128, "lr": 1e-3, "eval_particles": 1, "progress": False,
-                      "figures": False},
+            "train": {
+                "epochs": a.epochs,
+                "batch_size": 128,
+                "lr": 1e-3,
+                "eval_particles": 1,
+                "progress": False,
+                "figures": False,
+            },
         }
         res = pyro_vae.fit(spec, out=out / f"cvae_q{q}", force=True)
         ds = res.data

@@ -97,7 +97,9 @@ def main() -> None:
     k = made.sample(64)
     imgs = as_images(vae.decode_mean(cb.weight.detach()[k]), ds.event_shape)
     (Path(a.run_dir) / "figures").mkdir(exist_ok=True)
-    save_grid(imgs, 8, 8, Path(a.run_dir) / "figures" / "vq_samples_made.png", "codes from the autoregressive (MADE) prior")
+    save_grid(
+        imgs, 8, 8, Path(a.run_dir) / "figures" / "vq_samples_made.png", "codes from the autoregressive (MADE) prior"
+    )
     out = {
         "test_code_nll_made": float(nll_made.mean()),
         "test_code_nll_made_stderr": float(nll_made.std() / len(nll_made) ** 0.5),

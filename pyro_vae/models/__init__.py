@@ -2,13 +2,13 @@
 and a user's own Pyro program (``model.kind: pyro``, :mod:`.program`). Importing this package registers
 every model, prior, likelihood and network."""
 
+from . import vqvae as vqvae  # registers model kind vqvae (the module; its factory is vqvae.vqvae)
 from .cvae import CVAE, ClassMeanPrior, ConditionalPrior  # registers model kind cvae
 from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood
 from .pixel import Categorical256, DiscretizedLogisticLikelihood
 from .priors import FlowPrior, LearnedNormal, MixturePrior, Prior, StandardNormal, VampPrior
 from .program import ProgramVAE, program_vae  # registers model kind pyro (a hand-written Pyro program)
 from .vae import VAE, Generative, build_model
-from . import vqvae  # registers model kind vqvae (the module; its factory is vqvae.vqvae)
 
 __all__ = [
     "CVAE",

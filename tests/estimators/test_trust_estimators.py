@@ -16,9 +16,9 @@ import math
 import pyro
 import pytest
 import torch
-from pyro_vae.evaluate import point_terms
 
 from pyro_vae.estimators import iwae_bound, log_terms, miwae_bound
+from pyro_vae.evaluation import point_terms
 from pyro_vae.models.linear import exact_log_marginal, linear_decoder_parameters
 from pyro_vae.registry import REGISTRY
 from pyro_vae.spec import resolve_component
@@ -52,7 +52,9 @@ def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------- KL warm-up and path derivatives
 
 
-def _train(kind: str, schedule: str, kl_steps: int, epochs: int, seed: int, **params) -> tuple[list[float], list[float]]:
+def _train(
+    kind: str, schedule: str, kl_steps: int, epochs: int, seed: int, **params
+) -> tuple[list[float], list[float]]:
     """The reported reproduction: 10-D linear-Gaussian data (4,000 train / 1,000 test rows), latent 2,
     the default job's network (mlp [256, 128], relu), Gaussian likelihood with a learned scale, batch
     50, Adam lr 5e-3, KL factor from ``schedule``. Returns each epoch's held-out ELBO (K=1, beta=1) and
@@ -275,7 +277,7 @@ def test_linear_networks_from_the_spec_give_probabilistic_pca_whose_bounds_appro
 
 def test_linear_networks_stay_linear_with_a_condition():
     """A conditional encoder on linear networks adds a linear layer, no activation."""
-    from pyro_vae.nets import mlp
+    from pyro_vae.models.nets import mlp
 
     nets = mlp(event_shape=(4,), latent_dim=2, out_params=1, cond_dim=3, hidden=[], activation="tanh")
     assert nets.encoder.out_features == 4

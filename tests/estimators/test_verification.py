@@ -220,7 +220,11 @@ def _combo(elbo: str, guide: str, prior: str, likelihood: str, beta: float = 1.0
         vae = _build(guide, prior, likelihood)
         vae.set_kl_weight(beta)
         x = _data(likelihood, 5)
-        y = torch.randn(5, COND, generator=torch.Generator().manual_seed(2), dtype=x.dtype) if _conditional(prior) else None
+        y = (
+            torch.randn(5, COND, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+            if _conditional(prior)
+            else None
+        )
         vae.model.likelihood.check_data(x)
         loss_fn = REGISTRY.build("elbo", c)(vae.model, vae.guide)
         pyro.set_rng_seed(0)
@@ -253,15 +257,16 @@ FAST_VALUE = (
 #: The likelihood enters every estimator only through log p(x|z): the full elbo x guide x prior product
 #: with the default likelihood, and every likelihood with every estimator.
 VALUE_COMBOS = sorted(
-    set(_grid(ELBOS, GUIDES, PRIORS, [DEFAULT["likelihood"]])) | set(_grid(ELBOS, [DEFAULT["guide"]], [DEFAULT["prior"]], LIKELIHOODS))
+    set(_grid(ELBOS, GUIDES, PRIORS, [DEFAULT["likelihood"]]))
+    | set(_grid(ELBOS, [DEFAULT["guide"]], [DEFAULT["prior"]], LIKELIHOODS))
 )
 
 
 #: The sweep runs at beta = 0.4 (a KL weight that scales every log p(z) - log q(z|x) term); the fast
 #: subset at beta = 1 too.
-VALUE_PARAMS = [
-    pytest.param(0.4, *c, marks=[] if c in FAST_VALUE else [pytest.mark.slow]) for c in VALUE_COMBOS
-] + [pytest.param(1.0, *c) for c in sorted(FAST_VALUE)]
+VALUE_PARAMS = [pytest.param(0.4, *c, marks=[] if c in FAST_VALUE else [pytest.mark.slow]) for c in VALUE_COMBOS] + [
+    pytest.param(1.0, *c) for c in sorted(FAST_VALUE)
+]
 
 
 @pytest.mark.parametrize(("beta", "elbo", "guide", "prior", "likelihood"), VALUE_PARAMS)
@@ -354,7 +359,9 @@ def _train_linear(elbo: str, schedule: str, steps: int = 100, seed: int = 0):
     """A linear VAE (PPCA) fitted to linear-Gaussian data in float64 by ``elbo`` under ``schedule``."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(4, 2, generator=g, dtype=torch.float64)
-    x = torch.randn(600, 2, generator=g, dtype=torch.float64) @ W.T + 0.5 * torch.randn(600, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(600, 2, generator=g, dtype=torch.float64) @ W.T + 0.5 * torch.randn(
+        600, 4, generator=g, dtype=torch.float64
+    )
     model = {"kind": "vae", "latent_dim": 2, "network": {"kind": "mlp", "hidden": []},
              "likelihood": {"kind": "gaussian", "scale": "learned"}}  # fmt: skip
     torch.manual_seed(seed)
@@ -386,7 +393,11 @@ def _gaps(vae: Any, x: torch.Tensor, ks: tuple[int, ...]) -> list[tuple[float, f
         q = vae.guide.dist(x)
         with torch.no_grad():
             z = q.sample((k,))
-            lw = vae.model.likelihood(vae.model.decoder(z)).log_prob(x) + vae.model.prior_dist().log_prob(z) - q.log_prob(z)
+            lw = (
+                vae.model.likelihood(vae.model.decoder(z)).log_prob(x)
+                + vae.model.prior_dist().log_prob(z)
+                - q.log_prob(z)
+            )
             gap = exact - _lme(lw)
         out.append((float(gap.mean()), float(gap.std() / math.sqrt(len(gap)))))
     return out

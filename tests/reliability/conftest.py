@@ -28,7 +28,6 @@ TINY = [
 ]
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch run of the tiny model, trained once per test module (never modified)."""

@@ -82,7 +82,9 @@ def test_config_round_trip_keeps_strings_strings(name: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["top", "train", "nested"])
-def test_duplicate_keys_are_refused_naming_the_key(tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_duplicate_keys_are_refused_naming_the_key(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = {
         "top": "seed: 1\nname: a\nseed: 2\n",
         "train": "train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n",
@@ -124,7 +126,9 @@ def test_aliases_are_expanded_only_when_small(width: int, depth: int) -> None:
 
 
 @pytest.mark.parametrize("key", ["name", "train.lr", "data", "model.network.hidden"])
-def test_alias_bomb_in_any_value_is_one_short_line(tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_alias_bomb_in_any_value_is_one_short_line(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A 9x9 list bomb in --set, and a 9x9 dict bomb in a spec file: refused, with a short line."""
     items = ["&b0 [" + ",".join(["lol"] * 9) + "]"]
     items += [f"&b{i} [" + ",".join([f"*b{i - 1}"] * 9) + "]" for i in range(1, 9)]
@@ -146,7 +150,9 @@ def test_recursive_alias_is_refused() -> None:
 
 @pytest.mark.parametrize("key", ["name", "train.lr", "model.network.hidden", "elbo.kind", "data.name", "nope"])
 @pytest.mark.parametrize("size", [20_000, pytest.param(400_000, marks=pytest.mark.slow)])
-def test_huge_values_give_a_readable_line(tmp_path: Path, key: str, size: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_huge_values_give_a_readable_line(
+    tmp_path: Path, key: str, size: int, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A value of 100 kB to 2 MB (a string or a list) is cut in the message: the line stays under MAX_MESSAGE."""
     for value in ("x" * (5 * size), "[" + ", ".join(["7"] * size) + "]"):
         line = _exit2(["train", "--set", f"{key}={value}", "--out", str(tmp_path / "o")], capsys)
@@ -184,7 +190,9 @@ def _fifo(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kind,word", [("dir", "directory"), ("fifo", "named pipe"), ("dev", "device")])
 @pytest.mark.parametrize("role", ["spec", "data"])
-def test_path_kinds_are_named_and_never_read(tmp_path: Path, kind: str, word: str, role: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_path_kinds_are_named_and_never_read(
+    tmp_path: Path, kind: str, word: str, role: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A FIFO with no writer would block any open(): the check only stats it (a hang fails the test)."""
     path = {"dir": lambda: tmp_path, "fifo": lambda: _fifo(tmp_path), "dev": lambda: Path("/dev/zero")}[kind]()
     args = [str(path)] if role == "spec" else ["--set", "data.name=npz", "--set", f"data.path={path}"]
@@ -197,7 +205,12 @@ def test_path_kinds_are_named_and_never_read(tmp_path: Path, kind: str, word: st
 def _corrupt_mnist(root: Path) -> None:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (raw / name).write_bytes(b"\x00\x00\x08\x03" + os.urandom(100))
 
 
@@ -250,7 +263,9 @@ def test_labels_beyond_int64_are_refused(tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("value,refused", [(1e39, True), (-3.5e38, True), (3.0e38, False)])
-def test_values_beyond_float32_are_named(tmp_path: Path, value: float, refused: bool, capsys: pytest.CaptureFixture[str]) -> None:
+def test_values_beyond_float32_are_named(
+    tmp_path: Path, value: float, refused: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pyro_vae import data
 
     x = np.random.default_rng(0).random((40, 16))
@@ -369,7 +384,9 @@ def test_figures_being_a_file_then_resume(tmp_path: Path, capsys: pytest.Capture
     fit(overrides=[*TINY, "train.epochs=1", "train.figures=false"], out=out)
     (out / "figures").write_text("not a folder\n")
     metrics = (out / "metrics.jsonl").read_text()
-    line = _exit2(["train", "--resume", "--out", str(out), "--set", "train.epochs=2", "--set", "train.figures=true"], capsys)
+    line = _exit2(
+        ["train", "--resume", "--out", str(out), "--set", "train.epochs=2", "--set", "train.figures=true"], capsys
+    )
     assert "figures" in line and "not a folder" in line
     assert (out / "figures").read_text() == "not a folder\n"
     assert (out / "metrics.jsonl").read_text() == metrics  # refused before epoch 2 was trained
@@ -469,8 +486,6 @@ def test_the_time_estimate_is_the_right_order(run: Path) -> None:
     evaluate(loaded.vae, loaded.data, "test", k)
     took = time.perf_counter() - t0
     assert took / 10 < est < took * 10
-
-
 
 
 def test_hours_of_final_evaluation_are_refused_before_training(

@@ -48,7 +48,6 @@ USER_FILES = {
 }
 
 
-
 @contextlib.contextmanager
 def sandbox(trained: Path) -> Iterator[Path]:
     """A fresh working directory with the user's files and a copy of the trained run, as cwd."""
@@ -131,11 +130,24 @@ _NAMED_OVERRIDES = [
 ]  # fmt: skip
 _KIND_KEYS = {"model": "model.kind", "prior": "model.prior.kind", "likelihood": "model.likelihood.kind",
               "guide": "guide.kind", "elbo": "elbo.kind"}  # fmt: skip
-_GARBAGE_KEYS = ["train.lr", "name", "elbo.beta", "model.prior", "guide", "data", "train", "nope.key", "model.network.kind"]
+_GARBAGE_KEYS = [
+    "train.lr",
+    "name",
+    "elbo.beta",
+    "model.prior",
+    "guide",
+    "data",
+    "train",
+    "nope.key",
+    "model.network.kind",
+]
 OVERRIDES = st.one_of(
     st.sampled_from(_NAMED_OVERRIDES),
-    st.builds(lambda g, k: f"{_KIND_KEYS[g]}={k}", st.sampled_from(sorted(KINDS)),
-              st.sampled_from(sorted({k for v in KINDS.values() for k in v}))),
+    st.builds(
+        lambda g, k: f"{_KIND_KEYS[g]}={k}",
+        st.sampled_from(sorted(KINDS)),
+        st.sampled_from(sorted({k for v in KINDS.values() for k in v})),
+    ),
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(_GARBAGE_KEYS), _GARBAGE),
 )
 
@@ -151,7 +163,9 @@ def _opt(flag: str, values: st.SearchStrategy[str]) -> st.SearchStrategy[list[st
 
 @st.composite
 def command_lines(draw: Any) -> list[str]:
-    cmd = draw(st.sampled_from(["train", "evaluate", "sample", "diagnose", "gradients", "compare", "components", "bogus"]))
+    cmd = draw(
+        st.sampled_from(["train", "evaluate", "sample", "diagnose", "gradients", "compare", "components", "bogus"])
+    )
     run = draw(st.sampled_from(["run"] * 8 + ["other", "user.txt", "missing", "/dev/null"]))
     out = draw(_opt("--out", OUTS))
     if cmd == "train":
@@ -165,7 +179,15 @@ def command_lines(draw: Any) -> list[str]:
     if cmd == "sample":
         sout = draw(_opt("--out", st.sampled_from(["s.png", "s.txt", "keep/s.png", "run/s.png", "/proc/nope/x.png",
                                                    "user.txt", "keep", "user.txt/x.png"])))  # fmt: skip
-        return ["sample", run, *draw(_opt("--num", SMALL_INTS)), *draw(_opt("--label", SMALL_INTS)), *sout, "--device", "cpu"]
+        return [
+            "sample",
+            run,
+            *draw(_opt("--num", SMALL_INTS)),
+            *draw(_opt("--label", SMALL_INTS)),
+            *sout,
+            "--device",
+            "cpu",
+        ]
     if cmd == "diagnose":
         return ["diagnose", run, "--points", draw(st.sampled_from(["3", "3", "3", "0", "x"])), "--samples",
                 draw(st.sampled_from(["30", "30", "30", "5", "-1"])), "--nuts", "0", "--sbc", draw(st.sampled_from(["0", "3"])),
@@ -193,7 +215,9 @@ def test_fuzz_command_lines(trained: Path, args: list[str]) -> None:
 
 # --------------------------------------------------------------------------- spec files
 
-YAML_SCALARS = st.one_of(st.integers(-3, 5).map(str), _GARBAGE, st.sampled_from(["true", "null", "1e-3", "0o7", "0x10"]))
+YAML_SCALARS = st.one_of(
+    st.integers(-3, 5).map(str), _GARBAGE, st.sampled_from(["true", "null", "1e-3", "0o7", "0x10"])
+)
 SECTIONS = {
     "train": ["epochs: 1", "epochs: 010", "lr: 1e-3", "batch_size: 32", "progress: false", "figures: false",
               "eval_particles: 2", "device: cpu"],
@@ -233,7 +257,13 @@ def spec_files(draw: Any) -> bytes:
 
 
 #: Keeps every spec file's run tiny, whatever its sections say (a section in a file replaces the default's).
-SPEC_TINY = ["train.epochs=1", "data.limit=160", "train.eval_particles=2", "train.progress=false", "train.figures=false"]
+SPEC_TINY = [
+    "train.epochs=1",
+    "data.limit=160",
+    "train.eval_particles=2",
+    "train.progress=false",
+    "train.figures=false",
+]
 
 
 @given(spec_files(), st.lists(OVERRIDES, max_size=1))
@@ -309,7 +339,9 @@ VALUES = st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=3
 def checkpoint_edits(draw: Any) -> list[tuple[str, str, Any]]:
     keys = ["epoch", "model", "optimizer", "rng", "history", "partial", "config", "format", "version", "data_fingerprint",
             "model.<first>", "model.<new>", "rng.torch", "rng.data", "history.<last>", "partial.steps"]  # fmt: skip
-    return draw(st.lists(st.tuples(st.sampled_from(["set", "delete"]), st.sampled_from(keys), VALUES), min_size=1, max_size=3))
+    return draw(
+        st.lists(st.tuples(st.sampled_from(["set", "delete"]), st.sampled_from(keys), VALUES), min_size=1, max_size=3)
+    )
 
 
 def _edit_checkpoint(path: Path, edits: list[tuple[str, str, Any]]) -> None:
@@ -356,7 +388,13 @@ def test_fuzz_command_lines_many(trained: Path, args: list[str]) -> None:
 
 
 @pytest.mark.slow
-@given(spec_files(), st.lists(OVERRIDES, max_size=3), config_edits(), checkpoint_edits(), st.sampled_from(range(len(READERS))))
+@given(
+    spec_files(),
+    st.lists(OVERRIDES, max_size=3),
+    config_edits(),
+    checkpoint_edits(),
+    st.sampled_from(range(len(READERS))),
+)
 @MANY
 def test_fuzz_files_many(trained: Path, content: bytes, sets: list[str], edit: tuple[str, str],
                          edits: list[tuple[str, str, Any]], reader: int) -> None:  # fmt: skip

@@ -127,7 +127,20 @@ def test_every_result_records_the_checkpoint_epoch(
     assert cli.main(["evaluate", str(trained), "--particles", "2", "--device", "cpu"]) == 0
     assert cli.main(["sample", str(trained), "--num", "2", "--device", "cpu"]) == 0
     assert cli.main(["gradients", str(trained), "--particles", "1", "--draws", "2", "--points", "2"]) == 0
-    diag = ["diagnose", str(trained), "--points", "4", "--samples", "20", "--nuts", "0", "--gap-points", "0", "--sbc", "0"]
+    diag = [
+        "diagnose",
+        str(trained),
+        "--points",
+        "4",
+        "--samples",
+        "20",
+        "--nuts",
+        "0",
+        "--gap-points",
+        "0",
+        "--sbc",
+        "0",
+    ]
     assert cli.main(diag) == 0
     assert json.loads((trained / "eval.json").read_text())["checkpoint"]["epoch"] == epoch
     assert {g["checkpoint"]["epoch"] for g in json.loads((trained / "gradients.json").read_text())} == {epoch}

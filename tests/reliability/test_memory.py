@@ -71,7 +71,9 @@ def test_point_terms_never_exceeds_row_budget(monkeypatch: pytest.MonkeyPatch, r
         t = eval_mod.point_terms(vae, x, None, num_particles=K, row_budget=row_budget)
         assert max(seen) <= row_budget
         assert sum(seen) == K * len(x)  # every point, every particle, once
-        assert torch.isfinite(t.log_likelihood).all() and (t.log_likelihood >= t.elbo - 1e-4).all()  # L_K >= ELBO (Jensen)
+        assert (
+            torch.isfinite(t.log_likelihood).all() and (t.log_likelihood >= t.elbo - 1e-4).all()
+        )  # L_K >= ELBO (Jensen)
 
 
 _PEAK_SCRIPT = r"""

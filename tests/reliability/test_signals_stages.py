@@ -43,7 +43,9 @@ def test_a_stage_stops_at_once_and_says_what_was_kept(signum: int) -> None:
         time.sleep(30)  # never reached: the handler raises as soon as the signal lands
     assert time.perf_counter() - t0 < 5
     assert info.value.exit_code == 128 + signum
-    assert str(info.value) == f"stopped by {signal.Signals(signum).name} during the long part; the earlier files are kept"
+    assert (
+        str(info.value) == f"stopped by {signal.Signals(signum).name} during the long part; the earlier files are kept"
+    )
     assert {s: signal.getsignal(s) for s in interrupt.SIGNALS} == _HANDLERS_AT_IMPORT
 
 
@@ -73,7 +75,9 @@ def test_training_inside_a_stage_is_graceful_and_a_stage_inside_training_is_not(
 
 
 @pytest.mark.parametrize("signum,exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
-def test_second_signal_leaves_at_once_with_a_line(signum: int, exc: type[BaseException], capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_signal_leaves_at_once_with_a_line(
+    signum: int, exc: type[BaseException], capsys: pytest.CaptureFixture[str]
+) -> None:
     @interrupt.handle_signals
     def work() -> None:
         os.kill(os.getpid(), signum)  # first: the flag
@@ -112,7 +116,9 @@ def test_signal_in_the_final_evaluation_stops_at_once(tmp_path: Path, monkeypatc
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
 
 
-def test_cli_reports_the_stage_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_the_stage_and_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     evaluate_mod = sys.modules["pyro_vae.evaluation.evaluate"]  # the module whose evaluate the CLI calls
     out = tmp_path / "run"
     fit(overrides=[*TINY, "train.epochs=1"], out=out)
@@ -124,7 +130,9 @@ def test_cli_reports_the_stage_and_exit_code(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(evaluate_mod, "evaluate", interrupted_evaluate)
     assert cli.main(["evaluate", str(out), "--particles", "2", "--device", "cpu"]) == 130
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert lines == ["pyro-vae: stopped by SIGINT during pyro-vae evaluate; nothing was written; an earlier eval.json is unchanged"]
+    assert lines == [
+        "pyro-vae: stopped by SIGINT during pyro-vae evaluate; nothing was written; an earlier eval.json is unchanged"
+    ]
     assert not (out / "eval.json").exists()
 
 

@@ -127,7 +127,9 @@ def test_best_pt_is_the_best_validation_epoch_and_evaluate_scores_it(tmp_path, t
     loaded.vae.load_state_dict(saved[best_epoch])
     pyro.set_rng_seed(7)
     ref = evaluate(loaded.vae, loaded.data, "test", 5)
-    assert ev["elbo"] == pytest.approx(ref.elbo, abs=1e-9) and ev["log_likelihood"] == pytest.approx(ref.log_likelihood, abs=1e-9)
+    assert ev["elbo"] == pytest.approx(ref.elbo, abs=1e-9) and ev["log_likelihood"] == pytest.approx(
+        ref.log_likelihood, abs=1e-9
+    )
     assert main(["evaluate", str(run), "--particles", "5", "--seed", "7"]) == 0
     assert json.loads((run / "eval.json").read_text())["checkpoint"] == {"file": "checkpoint.pt", "epoch": 4}
     assert main(["sample", str(run), "--num", "4", "--checkpoint", "best", "--out", str(tmp_path / "s.png")]) == 0

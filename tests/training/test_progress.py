@@ -35,7 +35,9 @@ def _check_epoch_lines(text: str, run: Path, epochs: int) -> None:
         assert float(fields["test_ce_bound"]) == pytest.approx(rec["test_elbo"], abs=5e-4)  # greyscale digits
 
 
-def test_train_with_captured_output_prints_one_line_per_epoch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_with_captured_output_prints_one_line_per_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """stderr captured (not a terminal): the epoch lines with the numbers of metrics.jsonl, no redraws."""
     assert main(["train", "--out", str(tmp_path / "run"), *_sets(TINY)]) == 0
     err = capsys.readouterr().err
@@ -46,7 +48,10 @@ def test_train_with_captured_output_prints_one_line_per_epoch(tmp_path: Path, ca
     err = capsys.readouterr().err
     _check_epoch_lines(err, tmp_path / "often", 3)
     assert re.findall(r"epoch (\d)/3 step (\d)/2 \(50%\)", err) == [("1", "1"), ("2", "1"), ("3", "1")]
-    assert main(["train", "--out", str(tmp_path / "quiet"), *_sets([*TINY, "train.epochs=1", "train.progress=false"])]) == 0
+    assert (
+        main(["train", "--out", str(tmp_path / "quiet"), *_sets([*TINY, "train.epochs=1", "train.progress=false"])])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "epoch 1/1" not in captured.err + captured.out
 

@@ -80,7 +80,9 @@ def test_load_run_restores_the_trained_model(tmp_path, tiny):
     ],
 )
 def test_training_reduces_the_loss(tmp_path, tiny, override):
-    res = fit(overrides=tiny + ["train.epochs=4", "train.figures=false", "data.limit=512"] + override, out=tmp_path / "r")
+    res = fit(
+        overrides=tiny + ["train.epochs=4", "train.figures=false", "data.limit=512"] + override, out=tmp_path / "r"
+    )
     losses = [r["train_loss"] for r in res.history]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
