@@ -63,7 +63,7 @@ from .. import plugins
 from .._typing import Shape, Tensor
 from ..errors import DataError, SpecError
 from ..registry import register
-from .vae import _mean
+from .vae import ModelGuidePair, _mean
 
 #: Points in the batch of the build-time check (a size no other dimension is likely to have).
 CHECK_POINTS = 3
@@ -189,7 +189,7 @@ class ProgramLikelihood:
         return True
 
 
-class ProgramVAE(nn.Module):
+class ProgramVAE(ModelGuidePair):
     """A user's Pyro program with the interface of :class:`~pyro_vae.models.vae.VAE`.
 
     ``model(x)`` and ``guide(x)`` are the user's functions (wrapped: parameters, KL weight); every
@@ -203,15 +203,6 @@ class ProgramVAE(nn.Module):
         self.model = model
         self.guide = guide
         self.event_shape = tuple(event_shape)
-
-    @property
-    def latent_dim(self) -> int:
-        return self.guide.latent_dim
-
-    def set_kl_weight(self, beta: float) -> None:
-        """beta of beta-VAE: scales every latent site of the model and the guide."""
-        self.model.kl_weight = float(beta)
-        self.guide.kl_weight = float(beta)
 
     def cond(self, y: Tensor | None) -> Tensor | None:
         """A program is unconditional: labels are not passed to it."""

@@ -68,7 +68,23 @@ class Generative(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
 
-class VAE(nn.Module):
+class ModelGuidePair(nn.Module):
+    """A model/guide pair with a KL weight: what training, evaluation and comparison need of a VAE."""
+
+    model: Any
+    guide: Any
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.guide.latent_dim)
+
+    def set_kl_weight(self, beta: float) -> None:
+        """beta of beta-VAE: weights log p(z) - log q(z|x) (the KL term) in every estimator."""
+        self.model.kl_weight = float(beta)
+        self.guide.kl_weight = float(beta)
+
+
+class VAE(ModelGuidePair):
     """Holds the model/guide pair and the conveniences figures and users need.
 
     Example::
@@ -81,15 +97,6 @@ class VAE(nn.Module):
         super().__init__()
         self.model = model
         self.guide = guide
-
-    @property
-    def latent_dim(self) -> int:
-        return self.guide.latent_dim
-
-    def set_kl_weight(self, beta: float) -> None:
-        """beta of beta-VAE: weights log p(z) - log q(z|x) (the KL term) in every estimator."""
-        self.model.kl_weight = float(beta)
-        self.guide.kl_weight = float(beta)
 
     def cond(self, y: Tensor | None) -> Tensor | None:
         """The conditioning tensor for a batch of labels (None for an unconditional VAE)."""
