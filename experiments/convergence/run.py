@@ -79,24 +79,30 @@ def _epochs_done(row: str) -> int:
     return max((int(r["epoch"]) for r in lines), default=0)
 
 
-def _epochs_wanted(row: str) -> int:
+def _epochs_wanted(row: str, epochs: int | None = None) -> int:
+    """``epochs`` when given, else the row's run directory's (a resumed run may have been extended), else the spec's."""
     import yaml
 
-    spec, _ = ROWS[row]
-    return int(yaml.safe_load((HERE / spec).read_text())["train"]["epochs"])
+    if epochs is not None:
+        return epochs
+    cfg = RUNS / row / "config.yaml"
+    spec = cfg if cfg.exists() else HERE / ROWS[row][0]
+    return int(yaml.safe_load(spec.read_text())["train"]["epochs"])
 
 
-def train(rows: list[str], tries: int) -> int:
+def train(rows: list[str], tries: int, epochs: int | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for row in rows:
         spec, sets = ROWS[row]
         for attempt in range(tries):
-            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row):
+            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row, epochs):
                 print(f"{row}: done ({_epochs_done(row)} epochs)", flush=True)
                 break
             resume = (RUNS / row / "checkpoint.pt").exists()
             cmd = [sys.executable, "-m", "pyro_vae", "train", str(HERE / spec), "--out", str(RUNS / row)]
             cmd += [a for s in sets for a in ("--set", s)] + (["--resume"] if resume else ["--force"])
+            if epochs is not None:  # e.g. 1093: continue through stage 6 of the schedule
+                cmd += ["--set", f"train.epochs={epochs}"]
             print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
             before = _children_cpu()
@@ -105,7 +111,7 @@ def train(rows: list[str], tries: int) -> int:
             if rc == 2:  # a user error (spec, data): retrying cannot help
                 print(f"{row}: stopped with a user error; see above", flush=True)
                 return 2
-            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row):
+            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row, epochs):
                 break
             time.sleep(5)
     return 0
@@ -184,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train")
     t.add_argument("rows", nargs="+", choices=list(ROWS))
     t.add_argument("--tries", type=int, default=20, help="restarts of a run that did not finish (default 20)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="train to this many epochs instead of the spec's (resume extends a finished run; "
+                   "1093 ends stage 6 of the schedule, 3280 stage 7)")  # fmt: skip
     e = sub.add_parser("evaluate")
     e.add_argument("rows", nargs="+", choices=list(ROWS))
     e.add_argument("--checkpoint", choices=("last", "best"), default="last")
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     a = p.parse_args(argv)
     if a.cmd == "train":
-        return train(a.rows, a.tries)
+        return train(a.rows, a.tries, a.epochs)
     if a.cmd == "evaluate":
         return evaluate(a.rows, a.checkpoint)
     if a.cmd == "status":
