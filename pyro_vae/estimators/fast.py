@@ -97,7 +97,8 @@ def obs_log_prob(lik: nn.Module, params: Tensor, x: Tensor) -> Tensor:
     return log_prob(params, x) if log_prob is not None else lik(params).log_prob(x)
 
 
-def _standard(model: Any) -> bool:
+def standard_prior(model: Any) -> bool:
+    """True when the model declares its prior N(0, I) (``is_standard_normal``) and unconditional."""
     prior = model.prior
     return bool(getattr(prior, "is_standard_normal", False)) and not getattr(prior, "conditional", False)
 
@@ -118,7 +119,7 @@ class Posterior:
         self.model, self.guide, self.x, self.cond, self.noise = model, guide, x, cond, noise
         self.beta_q = float(guide.kl_weight) if scaled else 1.0
         self.beta_p = float(model.kl_weight) if scaled else 1.0
-        self.standard = _standard(model)  # N(0, I): closed forms without a Distribution object
+        self.standard = standard_prior(model)  # N(0, I): closed forms without a Distribution object
         normal = guide.diagonal_normal(x, cond) if hasattr(guide, "diagonal_normal") else None
         self.dist: Any = None
         if normal is None:

@@ -40,7 +40,6 @@ from .._typing import Tensor
 from ..estimators import fast
 from ..models import likelihoods
 from ..models.nets import Decoder
-from ..models.priors import StandardNormal
 from ..models.vae import Generative
 
 #: (point, particle) rows scored per decoder block; the logits of a block then take 3.2 MB for MNIST.
@@ -267,7 +266,7 @@ def direct_sums(
     model = vae.model
     blocks = blocks or Blocks(1)
     b = len(x)
-    standard = type(model.prior) is StandardNormal and type(model).prior_dist is Generative.prior_dist
+    standard = fast.standard_prior(model) and type(model).prior_dist is Generative.prior_dist
     prior: Any = None if standard else fast.prior_of(model, cond)
     qn = fast.diag_normal(q)
     n_lat = q.event_shape[-1] if q.event_shape else 1
