@@ -10,17 +10,23 @@ kept in the repository while it is in progress, so that ``train ROW`` continues 
 any machine. ``train`` restarts a run that stopped for a reason other than a user error (a killed
 process, a signal) until it has all its epochs. ``evaluate`` scores L_5000 on all 10,000 test images in
 chunks, writing ``results/ROW.json`` (per-image values) after every chunk, so it resumes too. CPU time
-(user + system of the child processes) is added up per row and step in ``cpu_seconds.json``.
+(user + system of the child processes) is added up per row and step in ``cpu_seconds.json``; time spent on
+a GPU machine is kept apart there (``train_gpu``: CPU seconds of the process driving the GPU,
+``train_gpu_wall``: its wall-clock seconds). ``--until SECONDS`` ends ``train`` and ``evaluate`` after that
+much wall-clock time: training is interrupted with SIGINT, which writes a mid-epoch checkpoint, so the next
+``train ROW`` continues exactly there (on any machine); evaluation stops between chunks.
 ``report`` writes ``results/tables.md`` and ``figures/curves.png`` from whatever is finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -58,12 +64,22 @@ EVAL_RSS_GIB = 8.0
 
 
 def _cpu_add(row: str, step: str, seconds: float) -> None:
-    doc = json.loads(CPU.read_text()) if CPU.exists() else {}
-    doc.setdefault(row, {}).setdefault(step, 0.0)
-    doc[row][step] = round(doc[row][step] + seconds, 1)
-    tmp = CPU.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(CPU)
+    """Add ``seconds`` to ``cpu_seconds.json[row][step]``; rows trained in parallel processes share the file."""
+    with open(CPU.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(CPU.read_text()) if CPU.exists() else {}
+        doc.setdefault(row, {}).setdefault(step, 0.0)
+        doc[row][step] = round(doc[row][step] + seconds, 1)
+        tmp = CPU.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        tmp.replace(CPU)
+
+
+def _on_gpu() -> bool:
+    """Whether ``train.device: auto`` (the specs' setting) picks a CUDA device on this machine."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _children_cpu() -> float:
@@ -90,11 +106,31 @@ def _epochs_wanted(row: str, epochs: int | None = None) -> int:
     return int(yaml.safe_load(spec.read_text())["train"]["epochs"])
 
 
-def train(rows: list[str], tries: int, epochs: int | None = None) -> int:
+def _run_until(cmd: list[str], env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
+    """Run ``cmd``; past ``deadline`` (a ``time.monotonic()`` value) interrupt it with SIGINT, which makes
+    ``pyro-vae train`` write a checkpoint and stop. Returns the exit status and whether it was interrupted."""
+    proc = subprocess.Popen(cmd, env=env)
+    interrupted = False
+    while True:
+        try:
+            return proc.wait(
+                timeout=None if deadline is None or interrupted else max(deadline - time.monotonic(), 0.01)
+            ), interrupted
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            interrupted = True
+
+
+def train(rows: list[str], tries: int, epochs: int | None = None, until: float | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    deadline = None if until is None else time.monotonic() + until
+    step = "train_gpu" if _on_gpu() else "train"
     for row in rows:
         spec, sets = ROWS[row]
         for attempt in range(tries):
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"{row}: out of time (--until) at epoch {_epochs_done(row)}", flush=True)
+                return 0
             if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row, epochs):
                 print(f"{row}: done ({_epochs_done(row)} epochs)", flush=True)
                 break
@@ -105,9 +141,15 @@ def train(rows: list[str], tries: int, epochs: int | None = None) -> int:
                 cmd += ["--set", f"train.epochs={epochs}"]
             print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
-            before = _children_cpu()
-            rc = subprocess.run(cmd, check=False, env=env).returncode
-            _cpu_add(row, "train", _children_cpu() - before)
+            before, t0 = _children_cpu(), time.perf_counter()
+            rc, interrupted = _run_until(cmd, env, deadline)
+            _cpu_add(row, step, _children_cpu() - before)
+            if step == "train_gpu":
+                _cpu_add(row, "train_gpu_wall", time.perf_counter() - t0)
+            if interrupted:
+                print(f"{row}: interrupted at the time limit (--until) in epoch {_epochs_done(row) + 1}; "
+                      "train ROW resumes it", flush=True)  # fmt: skip
+                return 0
             if rc == 2:  # a user error (spec, data): retrying cannot help
                 print(f"{row}: stopped with a user error; see above", flush=True)
                 return 2
@@ -125,7 +167,9 @@ def _rss_gib() -> float:
     return 0.0
 
 
-def evaluate(rows: list[str], which: str) -> int:
+def evaluate(
+    rows: list[str], which: str, device: str = "cpu", until: float | None = None, partial: bool = False
+) -> int:
     import torch
 
     from pyro_vae.evaluation import point_terms
@@ -133,34 +177,55 @@ def evaluate(rows: list[str], which: str) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     RESULTS.mkdir(exist_ok=True)
+    deadline = None if until is None else time.monotonic() + until
     for row in rows:
         out = RESULTS / f"{row}.json"
         doc = json.loads(out.read_text()) if out.exists() else None
-        run = load_run(RUNS / row, device="cpu", which=which)
+        if _epochs_done(row) < _epochs_wanted(row) and not partial:
+            print(f"{row}: trained {_epochs_done(row)} of {_epochs_wanted(row)} epochs; not scored "
+                  "(train it first, or --partial)", flush=True)  # fmt: skip
+            continue
+        run = load_run(RUNS / row, device=device, which=which)
+        dev = next(run.vae.parameters()).device
+        step = "evaluate" if dev.type == "cpu" else f"evaluate_{dev.type}"
         key = {"checkpoint": which, "epoch": run.epoch, "particles": EVAL_PARTICLES, "chunk": EVAL_CHUNK}
         if doc is None or doc.get("key") != key:
             doc = {"row": row, "key": key, "measure": "log p(x) lower bound L_K (importance sampled)",
                    "ll": [], "elbo": [], "seconds": 0.0}  # fmt: skip
         x, y = run.data.split("test")
         while len(doc["ll"]) < len(x):
+            if deadline is not None and time.monotonic() >= deadline:
+                print(
+                    f"{row}: out of time (--until) after {len(doc['ll'])} test images; evaluate ROW resumes", flush=True
+                )
+                return 0
             s = len(doc["ll"])
             t0, c0 = time.perf_counter(), time.process_time()
             torch.manual_seed(1_000_003 * (s // EVAL_CHUNK) + 17)  # the draws of a chunk are fixed by its position
-            xs = x[s : s + EVAL_CHUNK]
-            t = point_terms(run.vae, xs, None if y is None else y[s : s + EVAL_CHUNK], EVAL_PARTICLES, means=False)
+            xs = x[s : s + EVAL_CHUNK].to(dev)
+            ys = None if y is None else y[s : s + EVAL_CHUNK].to(dev)
+            t = point_terms(run.vae, xs, ys, EVAL_PARTICLES, means=False)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             doc["ll"] += [round(v, 5) for v in t.log_likelihood.tolist()]
             doc["elbo"] += [round(v, 5) for v in t.elbo.tolist()]
             doc["seconds"] = round(doc["seconds"] + time.perf_counter() - t0, 1)
+            doc.setdefault("devices", {}).setdefault(dev.type, 0)
+            doc["devices"][dev.type] += len(xs)  # test images scored on each kind of device
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc) + "\n")
             tmp.replace(out)
             n = len(doc["ll"])
-            _cpu_add(row, "evaluate", time.process_time() - c0)
+            _cpu_add(row, step, time.process_time() - c0)
+            if step != "evaluate":
+                _cpu_add(row, f"{step}_wall", time.perf_counter() - t0)
             print(f"{row}: L_{EVAL_PARTICLES} on {n}/{len(x)} test images, mean {sum(doc['ll']) / n:.3f} "
                   f"({doc['seconds']:.0f} s, rss {_rss_gib():.1f} GiB)", flush=True)  # fmt: skip
             if _rss_gib() > EVAL_RSS_GIB and n < len(x):  # fresh process; the chunks so far are on disk
                 print(f"{row}: resident set above {EVAL_RSS_GIB} GiB; restarting the process", flush=True)
-                os.execv(sys.executable, [sys.executable, __file__, "evaluate", "--checkpoint", which, *rows])
+                left = [] if deadline is None else ["--until", str(max(deadline - time.monotonic(), 0.0))]
+                os.execv(sys.executable, [sys.executable, __file__, "evaluate", "--checkpoint", which, "--device", device,
+                                          *left, *(["--partial"] if partial else []), *rows])  # fmt: skip
     return 0
 
 
@@ -196,13 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("evaluate")
     e.add_argument("rows", nargs="+", choices=list(ROWS))
     e.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    e.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where to score (default cpu; auto: a GPU when there is one)",
+    )
+    e.add_argument("--partial", action="store_true", help="also score a row that has not trained all its epochs")  # fmt: skip
+    for q in (t, e):
+        q.add_argument("--until", type=float, default=None, metavar="SECONDS",
+                       help="stop after this much wall-clock time; the next call continues")  # fmt: skip
     sub.add_parser("report")
     sub.add_parser("status")
     a = p.parse_args(argv)
     if a.cmd == "train":
-        return train(a.rows, a.tries, a.epochs)
+        return train(a.rows, a.tries, a.epochs, a.until)
     if a.cmd == "evaluate":
-        return evaluate(a.rows, a.checkpoint)
+        return evaluate(a.rows, a.checkpoint, a.device, a.until, a.partial)
     if a.cmd == "status":
         return status()
     from report import report  # experiments/convergence/report.py
