@@ -24,7 +24,7 @@ if [ -z "${PYRO_VAE_DATA:-}" ]; then
   for f in .mnist/*.gz; do gunzip -c "$f" > "/tmp/data/MNIST/raw/$(basename "$f" .gz)"; done
   export PYRO_VAE_DATA=/tmp/data
 fi
-if ls .whl/*.whl > /dev/null 2>&1; then
+if ! python3 -c "import pyro" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
