@@ -50,7 +50,7 @@ for lane in "${gpu_rows[@]}"; do
 done
 for row in "${cpu_rows[@]}"; do
   ( export OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES=""
-    python3 $here/run.py train "$row" --until $train_for
+    python3 $here/run.py train "$row" --until $train_for --time-key train_gpu_host
   ) > "$logs/$row.log" 2>&1 &
   pids+=($!)
 done

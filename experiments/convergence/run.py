@@ -12,7 +12,8 @@ process, a signal) until it has all its epochs. ``evaluate`` scores L_5000 on al
 chunks, writing ``results/ROW.json`` (per-image values) after every chunk, so it resumes too. CPU time
 (user + system of the child processes) is added up per row and step in ``cpu_seconds.json``; time spent on
 a GPU machine is kept apart there (``train_gpu``: CPU seconds of the process driving the GPU,
-``train_gpu_wall``: its wall-clock seconds). ``--until SECONDS`` ends ``train`` and ``evaluate`` after that
+``train_gpu_wall``: its wall-clock seconds, ``train_gpu_host``: rows trained on that machine's CPU cores),
+and ``segments.jsonl`` records each training process: which epochs, on what machine, CPU and wall seconds. ``--until SECONDS`` ends ``train`` and ``evaluate`` after that
 much wall-clock time: training is interrupted with SIGINT, which writes a mid-epoch checkpoint, so the next
 ``train ROW`` continues exactly there (on any machine); evaluation stops between chunks.
 ``report`` writes ``results/tables.md`` and ``figures/curves.png`` from whatever is finished.
@@ -37,6 +38,7 @@ RUNS = HERE / "runs"
 RESULTS = HERE / "results"
 FIGURES = HERE / "figures"
 CPU = HERE / "cpu_seconds.json"
+SEGMENTS = HERE / "segments.jsonl"  # one line per training process: row, epochs, machine, CPU and wall seconds
 
 #: row -> (spec file, overrides). Table 1 of Burda et al. (2015) rows, then the zoo.
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -73,6 +75,23 @@ def _cpu_add(row: str, step: str, seconds: float) -> None:
         tmp = CPU.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         tmp.replace(CPU)
+
+
+def _machine() -> str:
+    """The machine a row trains on, in words: the GPU's name, else the number of CPU cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name()}"
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def _segment(row: str, first: int, last: int, cpu_s: float, wall_s: float) -> None:
+    """Append one training process's record to ``segments.jsonl`` (which epochs ran where, at what cost)."""
+    rec = {"row": row, "epochs": [first, last], "machine": _machine(), "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
+           "cpu_s": round(cpu_s, 1), "wall_s": round(wall_s, 1), "date": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
+    with open(SEGMENTS, "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def _on_gpu() -> bool:
@@ -121,10 +140,12 @@ def _run_until(cmd: list[str], env: dict[str, str], deadline: float | None) -> t
             interrupted = True
 
 
-def train(rows: list[str], tries: int, epochs: int | None = None, until: float | None = None) -> int:
+def train(
+    rows: list[str], tries: int, epochs: int | None = None, until: float | None = None, time_key: str | None = None
+) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     deadline = None if until is None else time.monotonic() + until
-    step = "train_gpu" if _on_gpu() else "train"
+    step = time_key or ("train_gpu" if _on_gpu() else "train")
     for row in rows:
         spec, sets = ROWS[row]
         for attempt in range(tries):
@@ -141,11 +162,13 @@ def train(rows: list[str], tries: int, epochs: int | None = None, until: float |
                 cmd += ["--set", f"train.epochs={epochs}"]
             print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
-            before, t0 = _children_cpu(), time.perf_counter()
+            before, t0, first = _children_cpu(), time.perf_counter(), _epochs_done(row)
             rc, interrupted = _run_until(cmd, env, deadline)
-            _cpu_add(row, step, _children_cpu() - before)
+            cpu_s, wall_s = _children_cpu() - before, time.perf_counter() - t0
+            _cpu_add(row, step, cpu_s)
             if step == "train_gpu":
-                _cpu_add(row, "train_gpu_wall", time.perf_counter() - t0)
+                _cpu_add(row, "train_gpu_wall", wall_s)
+            _segment(row, first, _epochs_done(row), cpu_s, wall_s)
             if interrupted:
                 print(f"{row}: interrupted at the time limit (--until) in epoch {_epochs_done(row) + 1}; "
                       "train ROW resumes it", flush=True)  # fmt: skip
@@ -254,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("rows", nargs="+", choices=list(ROWS))
+    t.add_argument("--time-key", default=None,
+                   help="the cpu_seconds.json entry this training's CPU time goes to (default: train, or train_gpu "
+                   "where a GPU trains it)")  # fmt: skip
     t.add_argument("--tries", type=int, default=20, help="restarts of a run that did not finish (default 20)")
     t.add_argument("--epochs", type=int, default=None,
                    help="train to this many epochs instead of the spec's (resume extends a finished run; "
@@ -275,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     a = p.parse_args(argv)
     if a.cmd == "train":
-        return train(a.rows, a.tries, a.epochs, a.until)
+        return train(a.rows, a.tries, a.epochs, a.until, a.time_key)
     if a.cmd == "evaluate":
         return evaluate(a.rows, a.checkpoint, a.device, a.until, a.partial)
     if a.cmd == "status":
