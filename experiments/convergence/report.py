@@ -14,6 +14,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RUNS, RESULTS, FIGURES, CPU = HERE / "runs", HERE / "results", HERE / "figures", HERE / "cpu_seconds.json"
+SEGMENTS = HERE / "segments.jsonl"
+#: where epochs not covered by segments.jsonl ran (the rows started before it existed)
+DEFAULT_MACHINE = "CPU"
 
 #: Burda et al. (2015), Table 1, MNIST, one stochastic layer: -log p(x) by L_5000 after 3,280 epochs.
 PAPER = {"vae_k1": 86.76, "vae_k5": 86.47, "vae_k50": 86.35, "iwae_k5": 85.54, "iwae_k50": 84.78}
@@ -31,9 +34,9 @@ ZOO = [
 STAGE_ENDS = [1, 4, 13, 40, 121, 364, 1093, 3280]  # last epoch of each stage of Burda et al.'s schedule
 REFERENCE = "vae_k1"  # paired differences are taken against this row
 #: the questions the table answers, as paired per-image differences (first minus second, in L_5000 nats)
-PAIRS = [("iwae_k5", "vae_k1"), ("iwae_k5", "vae_k5"), ("dreg_k5", "iwae_k5"), ("vae_k5", "vae_k1"),
-         ("stl_k1", "vae_k1"), ("meanfield_k1", "vae_k1"), ("iwae_k50", "iwae_k5"), ("zoo_vamp", "zoo_standard"),
-         ("zoo_flow_guide", "zoo_standard")]  # fmt: skip
+PAIRS = [("iwae_k5", "vae_k1"), ("iwae_k5", "vae_k5"), ("dreg_k5", "iwae_k5"), ("dreg_k5", "vae_k1"), ("vae_k5", "vae_k1"),
+         ("stl_k1", "vae_k1"), ("meanfield_k1", "vae_k1"), ("iwae_k50", "iwae_k5"),
+         *[(r, "zoo_standard") for r, _, _ in ZOO[1:]]]  # fmt: skip
 
 
 def _metrics(row: str) -> list[dict[str, Any]]:
@@ -50,13 +53,36 @@ def _wanted(row: str) -> int:
     return int(yaml.safe_load(cfg.read_text())["train"]["epochs"])
 
 
+def _where(row: str, epochs: int) -> str:
+    """Which machines trained which epochs, from ``segments.jsonl``; epochs it does not cover ran on this
+    project's 2-core CPU machine (``DEFAULT_MACHINE``)."""
+    segs = [json.loads(s) for s in SEGMENTS.read_text().splitlines() if s.strip()] if SEGMENTS.exists() else []
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for rec in segs:
+        a, b = rec["epochs"]
+        if rec["row"] != row or b <= a:
+            continue
+        label = "GPU" if rec["machine"].startswith("GPU") else ("GPU machine's CPU" if "H200" in rec["machine"] else "")
+        if label:
+            spans.setdefault(label, []).append((a, b))
+    if not spans:
+        return DEFAULT_MACHINE if epochs else ""
+    parts = [f"{label} {', '.join(f'{a + 1}-{b}' for a, b in sorted(v))}" for label, v in spans.items()]
+    covered = sum(b - a for v in spans.values() for a, b in v)
+    return "; ".join(parts) + (f"; {DEFAULT_MACHINE} the rest" if covered < epochs else "")
+
+
 def _mean_se(v: list[float]) -> tuple[float, float]:
     n = len(v)
     m = sum(v) / n
     return m, (math.sqrt(sum((a - m) ** 2 for a in v) / (n - 1) / n) if n > 1 else math.nan)
 
 
-def _row(row: str, cpu: dict[str, Any], ref: list[float] | None) -> dict[str, Any]:
+def _time(r: dict[str, Any]) -> str:
+    return f"{r['wall_hours_train']:.2f} / {r['cpu_hours_train']:.2f} + {r['cpu_hours_eval']:.2f}"
+
+
+def _row(row: str, cpu: dict[str, Any], ref: list[float] | None, reference: str = REFERENCE) -> dict[str, Any]:
     ms = _metrics(row)
     out: dict[str, Any] = {"row": row, "epochs": ms[-1]["epoch"] if ms else 0, "of": _wanted(row)}
     if ms:
@@ -65,8 +91,10 @@ def _row(row: str, cpu: dict[str, Any], ref: list[float] | None) -> dict[str, An
         if curve:
             out["curve_last"] = curve[-1]
     c = cpu.get(row, {})
-    out["cpu_hours_train"] = c.get("train", 0.0) / 3600
+    out["cpu_hours_train"] = sum(c.get(k, 0.0) for k in ("train", "train_gpu", "train_gpu_host")) / 3600
     out["cpu_hours_eval"] = c.get("evaluate", 0.0) / 3600
+    out["wall_hours_train"] = sum(r.get("seconds", 0.0) for r in ms) / 3600  # sum of the epochs' wall-clock times
+    out["where"] = _where(row, out["epochs"])
     ev = RESULTS / f"{row}.json"
     if ev.exists():
         doc = json.loads(ev.read_text())
@@ -76,7 +104,7 @@ def _row(row: str, cpu: dict[str, Any], ref: list[float] | None) -> dict[str, An
         if len(ll) == 10000:
             out["nll"], out["nll_se"] = (-m for m in _mean_se(ll))
             out["nll_se"] = abs(out["nll_se"])
-            if ref is not None and row != REFERENCE:
+            if ref is not None and row != reference:
                 out["gain_vs_ref"], out["gain_vs_ref_se"] = _mean_se([a - b for a, b in zip(ll, ref, strict=True)])
     return out
 
@@ -94,7 +122,7 @@ def _fmt(v: float | None, nd: int = 2) -> str:
 
 def _status(r: dict[str, Any]) -> str:
     if "nll" in r:
-        return f"{r['epochs']} of {r['of']}"
+        return f"{r['epochs']} of {r['of']}" + ("" if r["epochs"] >= r["of"] else " (stopped; scored there)")
     if not r["epochs"]:
         return "not started"
     state = f"{r['epochs']} of {r['of']}" + (" (training)" if r["epochs"] < r["of"] else "")
@@ -109,13 +137,15 @@ def report() -> int:
     ref = json.loads(ref_doc.read_text())["ll"] if ref_doc.exists() else None
     ref = ref if ref is not None and len(ref) == 10000 else None
     rows = {r: _row(r, cpu, ref) for r, _, _ in TABLE}
-    zoo = {r: _row(r, cpu, None) for r, _, _ in ZOO}
+    zoo_ref = _lls("zoo_standard")
+    zoo = {r: _row(r, cpu, zoo_ref, "zoo_standard") for r, _, _ in ZOO}
     lines = [
         (
             "| row | estimator | K | epochs | -L_5000 (nats) ± SE | Burda et al. (3,280 epochs) | ours - paper | "
-            "L_5000 gain over VAE k=1 (paired) | -ELBO (1 draw) | L_100 curve (1,000 images) | CPU h (train + eval) |"
+            "L_5000 gain over VAE k=1 (paired) | -ELBO (1 draw) | L_100 curve (1,000 images) | trained on | "
+            "train h (sum of epoch times) / CPU h recorded (train + eval) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, name, k in TABLE:
         r = rows[row]
@@ -125,24 +155,26 @@ def report() -> int:
         nll = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if "nll" in r else ""
         curve = f"{-r['curve_last'][1]:.2f} (epoch {r['curve_last'][0]})" if "curve_last" in r else ""
         elbo = _fmt(-r["test_elbo_1"]) if r.get("test_elbo_1") is not None else ""
-        cpu_h = f"{r['cpu_hours_train']:.2f} + {r['cpu_hours_eval']:.2f}"
+        cpu_h = _time(r)
         lines.append(f"| {row} | {name} | {k} | {_status(r)} | {nll} | {_fmt(paper)} | {gap} | {gain} | {elbo} | "
-                     f"{curve} | {cpu_h} |")  # fmt: skip
+                     f"{curve} | {r['where']} | {cpu_h} |")  # fmt: skip
     lines += [
         "",
         (
-            "| row | prior | guide | epochs | -L_5000 (nats) ± SE | -ELBO (1 draw) | L_100 curve (1,000 images) | "
-            "CPU h (train + eval) |"
+            "| row | prior | guide | epochs | -L_5000 (nats) ± SE | L_5000 gain over N(0, I) + diagonal (paired) | "
+            "-ELBO (1 draw) | L_100 curve (1,000 images) | trained on | train h (sum of epoch times) / CPU h recorded "
+            "(train + eval) |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, prior, guide in ZOO:
         r = zoo[row]
         nll = f"{r['nll']:.2f} ± {r['nll_se']:.2f}" if "nll" in r else ""
         curve = f"{-r['curve_last'][1]:.2f} (epoch {r['curve_last'][0]})" if "curve_last" in r else ""
         elbo = _fmt(-r["test_elbo_1"]) if r.get("test_elbo_1") is not None else ""
-        lines.append(f"| {row} | {prior} | {guide} | {_status(r)} | {nll} | {elbo} | {curve} | "
-                     f"{r['cpu_hours_train']:.2f} + {r['cpu_hours_eval']:.2f} |")  # fmt: skip
+        gain = f"{r['gain_vs_ref']:.2f} ± {r['gain_vs_ref_se']:.2f}" if "gain_vs_ref" in r else ""
+        lines.append(f"| {row} | {prior} | {guide} | {_status(r)} | {nll} | {gain} | {elbo} | {curve} | "
+                     f"{r['where']} | {_time(r)} |")  # fmt: skip
     lines += ["", "| paired difference (per test image) | L_5000 gain (nats) ± SE | images |", "|---|---|---|"]
     pairs = {}
     for a, b in PAIRS:

@@ -63,6 +63,7 @@ EVAL_PARTICLES = 5000
 EVAL_CHUNK = 250  # test images per saved chunk of the L_5000 evaluation
 #: restart the evaluation process above this resident set (GiB); the chunks done so far are kept
 EVAL_RSS_GIB = 8.0
+GRACE = 120.0  # seconds between the SIGINT at --until's limit and a second one
 
 
 def _cpu_add(row: str, step: str, seconds: float) -> None:
@@ -127,17 +128,18 @@ def _epochs_wanted(row: str, epochs: int | None = None) -> int:
 
 def _run_until(cmd: list[str], env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
     """Run ``cmd``; past ``deadline`` (a ``time.monotonic()`` value) interrupt it with SIGINT, which makes
-    ``pyro-vae train`` write a checkpoint and stop. Returns the exit status and whether it was interrupted."""
+    ``pyro-vae train`` finish its step, write a checkpoint and stop; a second SIGINT ``GRACE`` seconds later
+    makes it exit at once (the last checkpoint stays). Returns the exit status and whether it was interrupted."""
     proc = subprocess.Popen(cmd, env=env)
-    interrupted = False
+    signals = 0
     while True:
+        if deadline is None:
+            return proc.wait(), False
         try:
-            return proc.wait(
-                timeout=None if deadline is None or interrupted else max(deadline - time.monotonic(), 0.01)
-            ), interrupted
+            return proc.wait(timeout=max(deadline + signals * GRACE - time.monotonic(), 0.01)), signals > 0
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGINT)
-            interrupted = True
+            signals += 1
 
 
 def train(
