@@ -155,9 +155,22 @@ def tensorboard_event_file(writer: Any) -> str:
     return str(writer._get_file_writer().event_writer._file_name)
 
 
+def validate_sample(d: Any, value: Tensor) -> None:
+    """A distribution's own support/shape check of ``value`` when it validates its arguments
+    (``Distribution._validate_args`` / ``_validate_sample``), for subclasses that override ``log_prob``."""
+    if d._validate_args:
+        d._validate_sample(value)
+
+
+def checked_instance(d: Any, cls: type, instance: Any = None) -> Any:
+    """``Distribution._get_checked_instance``: the new object a subclass's ``expand`` fills in."""
+    return d._get_checked_instance(cls, instance)
+
+
 __all__ = [
     "NORMAL_MODULES",
     "OVERRIDDEN_HOOKS",
+    "checked_instance",
     "detached_parameters",
     "fused_devices",
     "has_hooks",
@@ -171,4 +184,5 @@ __all__ = [
     "step_unless_found_inf",
     "takes_found_inf",
     "tensorboard_event_file",
+    "validate_sample",
 ]

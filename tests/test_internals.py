@@ -118,3 +118,25 @@ def test_tracegraph_loss_and_surrogate_returns_the_elbo_and_its_surrogate():
 
     elbo, surrogate = _internals.tracegraph_loss_and_surrogate(TraceGraph_ELBO(), model, guide, (), {})
     assert torch.is_tensor(elbo) and torch.is_tensor(surrogate) and surrogate.requires_grad
+
+
+def test_validate_sample_checks_only_a_validating_distribution_and_checked_instance_expands():
+    """``validate_sample`` runs the distribution's own support check when it validates its arguments;
+    ``checked_instance`` gives the object a subclass's ``expand`` fills (as ``Distribution.expand`` does)."""
+    import pyro.distributions as dist
+
+    strict = dist.Bernoulli(probs=torch.tensor(0.3), validate_args=True)
+    with pytest.raises(ValueError):
+        _internals.validate_sample(strict, torch.tensor(0.5))  # outside {0, 1}
+    _internals.validate_sample(strict, torch.tensor(1.0))
+    _internals.validate_sample(dist.Bernoulli(probs=torch.tensor(0.3), validate_args=False), torch.tensor(0.5))
+
+    class Sub(dist.Normal):
+        def __init__(self, loc, scale):
+            super().__init__(loc, scale)
+
+    base = Sub(torch.zeros(2), torch.ones(2))
+    new = _internals.checked_instance(base, Sub)
+    assert type(new) is Sub and new is not base
+    with pytest.raises(NotImplementedError):  # a subclass with its own __init__ must override expand
+        _internals.checked_instance(base, dist.Normal)

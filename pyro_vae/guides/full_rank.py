@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import _internals
 from .._typing import NonNegativeFloat, Tensor
 from ..estimators import divergences  # noqa: F401  (registers the closed-form KL to a diagonal prior)
 from ..models.nets import Encoder
@@ -53,7 +54,7 @@ class AutoregressiveMultivariateNormal(dist.MultivariateNormal):
         super().__init__(loc, scale_tril=autoregressive_scale_tril(cond_scale, coupling), validate_args=validate_args)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> AutoregressiveMultivariateNormal:
-        new = self._get_checked_instance(AutoregressiveMultivariateNormal, _instance)
+        new = _internals.checked_instance(self, AutoregressiveMultivariateNormal, _instance)
         new.cond_scale, new.coupling = self.cond_scale, self.coupling  # broadcast in log_prob
         return super().expand(batch_shape, _instance=new)  # type: ignore[no-any-return]
 
@@ -64,8 +65,7 @@ class AutoregressiveMultivariateNormal(dist.MultivariateNormal):
         return resid / self.cond_scale
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
+        _internals.validate_sample(self, value)
         eps = self.whiten(value)
         d = self.event_shape[0]
         log_det = self.cond_scale.log().sum(-1)  # log det L = sum log s
@@ -87,7 +87,7 @@ class AutoregressiveMultivariateNormal(dist.MultivariateNormal):
 
 @register("guide", "full_rank", context=("encoder", "latent_dim"))
 class FullRankGuide(AmortizedGuide):
-    """N(mu(x), L(x) L(x)^T), ``L = (I - B(x))^-1 diag(s(x))``: z_i regressed on z_<i with residual scale s_i.
+    """N(mu(x), L(x) L(x)^T) with L = (I - B(x))^-1 diag(s(x)): z_i regressed on z_<i with residual scale s_i.
 
     ``raw_diag`` gives ``s`` (softplus + ``min_scale``, the diagonal of ``L``), ``off_diag`` the strictly
     lower ``B``; reparameterized, any covariance. KL to a diagonal Gaussian prior is closed-form
