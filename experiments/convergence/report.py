@@ -175,6 +175,7 @@ def report() -> int:
         gain = f"{r['gain_vs_ref']:.2f} ± {r['gain_vs_ref_se']:.2f}" if "gain_vs_ref" in r else ""
         lines.append(f"| {row} | {prior} | {guide} | {_status(r)} | {nll} | {gain} | {elbo} | {curve} | "
                      f"{r['where']} | {_time(r)} |")  # fmt: skip
+    lines += ["", *_stage_table([r for r, _, _ in TABLE] + [r for r, _, _ in ZOO])]
     lines += ["", "| paired difference (per test image) | L_5000 gain (nats) ± SE | images |", "|---|---|---|"]
     pairs = {}
     for a, b in PAIRS:
@@ -191,6 +192,25 @@ def report() -> int:
     _figure([*ZOO], "curves_zoo.png", "component zoo (ReLU MLP, KL warm-up over 100 epochs)", paper=False)
     print("\n".join(lines))
     return 0
+
+
+def _stage_table(rows: list[str]) -> list[str]:
+    """-L_100 on the curve subset at the end of each learning-rate stage from 40 epochs on, and the gain in
+    the last stage a row has finished (nats per stage): how far from a plateau each row stopped."""
+    ends = [e for e in STAGE_ENDS if 40 <= e <= 364]
+    out = [
+        "| row | " + " | ".join(f"-L_100 at epoch {e}" for e in ends) + " | gain in the last finished stage |",
+        "|---|" + "---|" * (len(ends) + 1),
+    ]
+    for row in rows:
+        curve = {r["epoch"]: -r["curve_ll"] for r in _metrics(row) if "curve_ll" in r}
+        if not curve:
+            continue
+        at = [curve.get(max((e2 for e2 in curve if e2 <= e), default=-1)) if max(curve) >= e else None for e in ends]
+        done = [(e, v) for e, v in zip(ends, at, strict=True) if v is not None]
+        gain = f"{done[-2][1] - done[-1][1]:.2f} (epochs {done[-2][0] + 1}-{done[-1][0]})" if len(done) > 1 else ""
+        out.append(f"| {row} | " + " | ".join(_fmt(v) for v in at) + f" | {gain} |")
+    return out
 
 
 def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool) -> None:
