@@ -214,38 +214,46 @@ def _stage_table(rows: list[str]) -> list[str]:
 
 
 def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool) -> None:
+    """Left: the whole L_100 curve (log epochs); right: the last two stages (linear epochs), where the
+    question is whether a row has reached a plateau."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = 0
-    for row, label, extra in rows:
-        pts = [(r["epoch"], -r["curve_ll"]) for r in _metrics(row) if "curve_ll" in r]
-        if not pts:
-            continue
-        x, y = zip(*pts, strict=True)
-        line = ax.plot(x, y, marker=".", ms=3, lw=1.2, label=f"{row}: {label} {extra}")[0]
-        drawn += 1
-        if paper and row in PAPER:
-            ax.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
-    if not drawn:
-        plt.close(fig)
+    curves = {row: [(r["epoch"], -r["curve_ll"]) for r in _metrics(row) if "curve_ll" in r] for row, _, _ in rows}
+    curves = {row: pts for row, pts in curves.items() if pts}
+    if not curves:
         return
-    for e in STAGE_ENDS[:6]:
-        ax.axvline(e, color="0.55", ls=":", lw=0.8, zorder=0)
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    lo = min(v for pts in curves.values() for _, v in pts)
+    late = [v for pts in curves.values() for e, v in pts if e > 40]
+    for row, label, extra in rows:
+        if row not in curves:
+            continue
+        x, y = zip(*curves[row], strict=True)
+        line = ax.plot(x, y, marker=".", ms=3, lw=1.2, label=f"{row}: {label} {extra} (curve to epoch {x[-1]})")[0]
+        zoom.plot(x, y, marker=".", ms=3, lw=1.2, color=line.get_color())
+        if paper and row in PAPER:
+            for a in (ax, zoom):
+                a.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
+    for a in (ax, zoom):
+        for e in STAGE_ENDS[:6]:
+            a.axvline(e, color="0.55", ls=":", lw=0.8, zorder=0)
+        a.grid(alpha=0.3)
     ax.set_xscale("log")
     ax.set_xlabel("epoch (log scale; grey lines: ends of the learning-rate stages)")
     ax.set_ylabel("-L_100 on the first 1,000 test images (nats)")
-    lo = min(min(-r["curve_ll"] for r in _metrics(row) if "curve_ll" in r) for row, _, _ in rows if _metrics(row)
-             and any("curve_ll" in r for r in _metrics(row)))  # fmt: skip
-    ax.set_ylim(min(lo, min(PAPER.values()) if paper else lo) - 1, lo + 25)
+    floor = min(lo, min(PAPER.values())) if paper else lo
+    ax.set_ylim(floor - 1, lo + 25)
+    zoom.set_xlim(40, 370)
+    zoom.set_ylim(floor - 0.5, (max(late) if late else lo + 10) + 0.5)
+    zoom.set_xlabel("epoch (stages 4 and 5: learning rate 1e-3 x 10^(-4/7), then x 10^(-5/7))")
+    zoom.set_title("the last two stages", fontsize=9)
     subtitle = "dashed: Burda et al.'s final -L_5000 (all test images, 3,280 epochs), same colour" if paper else ""
     ax.set_title(f"Learning curves: {title}\n{subtitle}", fontsize=9)
     ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
     FIGURES.mkdir(exist_ok=True)
     fig.tight_layout()
-    fig.savefig(FIGURES / name, dpi=120)
+    fig.savefig(FIGURES / name, dpi=110)
     plt.close(fig)
