@@ -84,6 +84,48 @@ class LearnedNormal(Prior):
         return dist.Normal(self.loc, self.scale()).to_event(1)
 
 
+def diagonal_mixture_log_prob(value: Tensor, loc: Tensor, scale: Tensor, log_weights: Tensor) -> Tensor:
+    """``log sum_k w_k N(value; loc_k, diag(scale_k^2))`` for ``loc``, ``scale`` ``(K, D)`` and normalized
+    ``log_weights`` ``(K,)``; ``value`` ``(..., D)`` gives ``(...)``.
+
+    The squared distances to all K means come from three products, ``z^2 . (1/s^2) - 2 z . (m/s^2) +
+    m^2 . (1/s^2)``, instead of a ``(..., K, D)`` tensor of differences: one matrix product per call,
+    which is what makes L_5000 of a 100-component prior cost about what N(0, I) does. The products run in
+    float64, so the cancellation between the three terms (each up to ``D * (z/s)^2``) stays far below
+    float32 rounding of the result; the value and its gradients are those of the direct formula.
+    """
+    d = value.shape[-1]
+    z = value.reshape(-1, d).double()
+    prec = scale.double().pow(-2)  # (K, D)
+    m = loc.double()
+    quad = z.pow(2) @ prec.T - 2.0 * (z @ (m * prec).T) + (m.pow(2) * prec).sum(-1)  # (N, K)
+    log_norm = log_weights.double() - scale.double().log().sum(-1) - 0.5 * d * math.log(2 * math.pi)  # (K,)
+    out = torch.logsumexp(log_norm - 0.5 * quad, dim=-1)
+    return out.to(value.dtype).reshape(value.shape[:-1])
+
+
+def _diagonal_components(components: Any) -> tuple[Tensor, Tensor] | None:
+    """``(loc, scale)`` ``(K, D)`` of a batch-``(K,)`` ``Independent(Normal, 1)``, else None."""
+    if not (isinstance(components, dist.Independent) and components.reinterpreted_batch_ndims == 1):
+        return None
+    base = components.base_dist
+    if not isinstance(base, torch.distributions.Normal):
+        return None
+    loc, scale = torch.broadcast_tensors(base.loc, base.scale)
+    return (loc, scale) if loc.dim() == 2 else None
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """``MixtureSameFamily`` of diagonal Normals whose ``log_prob`` is :func:`diagonal_mixture_log_prob`
+    (sampling, moments and shapes are ``MixtureSameFamily``'s)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        parts = _diagonal_components(self.component_distribution)
+        if parts is None or value.shape[-1:] != parts[0].shape[-1:]:
+            return super().log_prob(value)
+        return diagonal_mixture_log_prob(value, *parts, self.mixture_distribution.logits)
+
+
 @register("prior", "mixture", context=("latent_dim",))
 class MixturePrior(Prior):
     """Gaussian mixture with K learned weights, means and diagonal scales (TFP's VAE example: K=100).
@@ -107,7 +149,7 @@ class MixturePrior(Prior):
 
     def forward(self) -> dist.Distribution:
         scale = F.softplus(self.raw_scale + _inv_softplus_one()) + self.min_scale
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), dist.Normal(self.loc, scale).to_event(1))
+        return DiagonalNormalMixture(dist.Categorical(logits=self.logits), dist.Normal(self.loc, scale).to_event(1))
 
 
 class EqualMixture(TorchDistribution):
@@ -131,6 +173,10 @@ class EqualMixture(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         d = value.shape[-1]
+        parts = _diagonal_components(self.components)
+        if parts is not None:  # diagonal Gaussian components: three matrix products, no (..., K, D) tensor
+            uniform = parts[0].new_full((self.num_components,), -math.log(self.num_components))
+            return diagonal_mixture_log_prob(value, *parts, uniform)
         v = value.unsqueeze(-2).expand(*value.shape[:-1], self.num_components, d)  # (..., K, D)
         lp = self.components.log_prob(v)  # (..., K)
         return torch.logsumexp(lp, -1) - math.log(self.num_components)
