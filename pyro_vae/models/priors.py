@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from .._typing import PositiveFloat, PositiveInt, Shape, Tensor
 from ..errors import SpecError
+from ..estimators import fast
 from ..registry import register
 
 
@@ -106,12 +107,10 @@ def diagonal_mixture_log_prob(value: Tensor, loc: Tensor, scale: Tensor, log_wei
 
 def _diagonal_components(components: Any) -> tuple[Tensor, Tensor] | None:
     """``(loc, scale)`` ``(K, D)`` of a batch-``(K,)`` ``Independent(Normal, 1)``, else None."""
-    if not (isinstance(components, dist.Independent) and components.reinterpreted_batch_ndims == 1):
+    parts = fast.diag_normal(components)
+    if parts is None:
         return None
-    base = components.base_dist
-    if not isinstance(base, torch.distributions.Normal):
-        return None
-    loc, scale = torch.broadcast_tensors(base.loc, base.scale)
+    loc, scale = torch.broadcast_tensors(*parts)
     return (loc, scale) if loc.dim() == 2 else None
 
 
