@@ -248,7 +248,7 @@ def evaluate(
                   f"({doc['seconds']:.0f} s, rss {_rss_gib():.1f} GiB)", flush=True)  # fmt: skip
             if _rss_gib() > EVAL_RSS_GIB and n < len(x):  # fresh process; the chunks so far are on disk
                 print(f"{row}: resident set above {EVAL_RSS_GIB} GiB; restarting the process", flush=True)
-                left = [] if deadline is None else ["--until", str(max(deadline - time.monotonic(), 0.0))]
+                left = [] if deadline is None else ["--until", str(max(deadline - time.monotonic(), 0.01))]
                 os.execv(sys.executable, [sys.executable, __file__, "evaluate", "--checkpoint", which, "--device", device,
                                           *left, *(["--partial"] if partial else []), *rows])  # fmt: skip
     return 0
@@ -274,6 +274,17 @@ def status() -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """``--until``'s value: a positive number of seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     e.add_argument("--partial", action="store_true", help="also score a row that has not trained all its epochs")  # fmt: skip
     for q in (t, e):
-        q.add_argument("--until", type=float, default=None, metavar="SECONDS",
+        q.add_argument("--until", type=_seconds, default=None, metavar="SECONDS",
                        help="stop after this much wall-clock time; the next call continues")  # fmt: skip
     sub.add_parser("report")
     sub.add_parser("status")
