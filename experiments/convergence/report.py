@@ -20,10 +20,13 @@ DEFAULT_MACHINE = "CPU"
 
 #: Burda et al. (2015), Table 1, MNIST, one stochastic layer: -log p(x) by L_5000 after 3,280 epochs.
 PAPER = {"vae_k1": 86.76, "vae_k5": 86.47, "vae_k50": 86.35, "iwae_k5": 85.54, "iwae_k50": 84.78}
+PAPER.update({"vae_k1_stage6": PAPER["vae_k1"], "iwae_k5_stage6": PAPER["iwae_k5"]})
 TABLE = [  # row, estimator, K
     ("vae_k1", "VAE (trace)", 1), ("vae_k5", "VAE (trace)", 5), ("iwae_k5", "IWAE", 5), ("dreg_k5", "IWAE-DReG", 5),
     ("stl_k1", "VAE-STL", 1), ("meanfield_k1", "VAE, analytic KL", 1), ("iwae_k50", "IWAE", 50),
     ("vae_k50", "VAE (trace)", 50),
+    ("vae_k1_stage6", "VAE (trace), vae_k1 continued through stage 6", 1),
+    ("iwae_k5_stage6", "IWAE, iwae_k5 continued through stage 6", 5),
 ]  # fmt: skip
 ZOO = [
     ("zoo_standard", "N(0, I)", "diagonal"), ("zoo_learned", "learned normal", "diagonal"),
@@ -36,12 +39,18 @@ REFERENCE = "vae_k1"  # paired differences are taken against this row
 #: the questions the table answers, as paired per-image differences (first minus second, in L_5000 nats)
 PAIRS = [("iwae_k5", "vae_k1"), ("iwae_k5", "vae_k5"), ("dreg_k5", "iwae_k5"), ("dreg_k5", "vae_k1"), ("vae_k5", "vae_k1"),
          ("stl_k1", "vae_k1"), ("meanfield_k1", "vae_k1"), ("iwae_k50", "iwae_k5"),
+         ("vae_k1_stage6", "vae_k1"), ("iwae_k5_stage6", "iwae_k5"), ("iwae_k5_stage6", "vae_k1_stage6"),
          *[(r, "zoo_standard") for r, _, _ in ZOO[1:]]]  # fmt: skip
 
 
 def _metrics(row: str) -> list[dict[str, Any]]:
     p = RUNS / row / "metrics.jsonl"
     return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
+
+
+def _epochs(row: str) -> int:
+    ms = _metrics(row)
+    return int(ms[-1]["epoch"]) if ms else 0
 
 
 def _wanted(row: str) -> int:
@@ -197,7 +206,8 @@ def report() -> int:
 def _stage_table(rows: list[str]) -> list[str]:
     """-L_100 on the curve subset at the end of each learning-rate stage from 40 epochs on, and the gain in
     the last stage a row has finished (nats per stage): how far from a plateau each row stopped."""
-    ends = [e for e in STAGE_ENDS if 40 <= e <= 364]
+    last = max((_epochs(row) for row in rows), default=0)
+    ends = [e for e in STAGE_ENDS if 40 <= e <= max(364, last)]
     out = [
         "| row | " + " | ".join(f"-L_100 at epoch {e}" for e in ends) + " | gain in the last finished stage |",
         "|---|" + "---|" * (len(ends) + 1),
@@ -222,12 +232,18 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
     import matplotlib.pyplot as plt
 
     curves = {row: [(r["epoch"], -r["curve_ll"]) for r in _metrics(row) if "curve_ll" in r] for row, _, _ in rows}
+    from run import EXTENDS  # experiments/convergence/run.py: rows that continue another row's run
+
+    for row, (src, _) in EXTENDS.items():  # a continued row shares its source's curve up to the source's end
+        if row in curves and src in curves and curves[src]:
+            curves[row] = [(e, v) for e, v in curves[row] if e >= curves[src][-1][0]]
     curves = {row: pts for row, pts in curves.items() if pts}
     if not curves:
         return
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
     lo = min(v for pts in curves.values() for _, v in pts)
-    late = [v for pts in curves.values() for e, v in pts if e > 40]
+    start = 121 if max(pts[-1][0] for pts in curves.values()) > 364 else 40  # the last two stages shown
+    late = [v for pts in curves.values() for e, v in pts if e > start]
     for row, label, extra in rows:
         if row not in curves:
             continue
@@ -237,8 +253,10 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
         if paper and row in PAPER:
             for a in (ax, zoom):
                 a.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
+    last = max(pts[-1][0] for pts in curves.values())
+    shown = [e for e in STAGE_ENDS if e <= max(364, last)]
     for a in (ax, zoom):
-        for e in STAGE_ENDS[:6]:
+        for e in shown:
             a.axvline(e, color="0.55", ls=":", lw=0.8, zorder=0)
         a.grid(alpha=0.3)
     ax.set_xscale("log")
@@ -246,9 +264,10 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
     ax.set_ylabel("-L_100 on the first 1,000 test images (nats)")
     floor = min(lo, min(PAPER.values())) if paper else lo
     ax.set_ylim(floor - 1, lo + 25)
-    zoom.set_xlim(40, 370)
+    i = STAGE_ENDS.index(start)
+    zoom.set_xlim(start, STAGE_ENDS[i + 2] + 6)
     zoom.set_ylim(floor - 0.5, (max(late) if late else lo + 10) + 0.5)
-    zoom.set_xlabel("epoch (stages 4 and 5: learning rate 1e-3 x 10^(-4/7), then x 10^(-5/7))")
+    zoom.set_xlabel(f"epoch (stages {i + 1} and {i + 2}: learning rate 1e-3 x 10^(-{i + 1}/7), then x 10^(-{i + 2}/7))")
     zoom.set_title("the last two stages", fontsize=9)
     subtitle = "dashed: Burda et al.'s final -L_5000 (all test images, 3,280 epochs), same colour" if paper else ""
     ax.set_title(f"Learning curves: {title}\n{subtitle}", fontsize=9)

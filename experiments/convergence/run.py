@@ -27,6 +27,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "zoo_low_rank": ("zoo.yaml", ["guide.kind=low_rank"]),
     "zoo_flow_guide": ("zoo.yaml", ["guide.kind=flow"]),
 }
+#: row -> (finished row it continues, epochs): the same run carried past the truncated schedule. Its run
+#: directory starts as a copy of the finished row's, so the 364-epoch row and its scores stay as they are.
+EXTENDS: dict[str, tuple[str, int]] = {
+    "vae_k1_stage6": ("vae_k1", 1093),
+    "iwae_k5_stage6": ("iwae_k5", 1093),
+}
+ROWS.update({row: ROWS[src] for row, (src, _) in EXTENDS.items()})
 EVAL_PARTICLES = 5000
 EVAL_CHUNK = 250  # test images per saved chunk of the L_5000 evaluation
 #: restart the evaluation process above this resident set (GiB); the chunks done so far are kept
@@ -121,9 +129,27 @@ def _epochs_wanted(row: str, epochs: int | None = None) -> int:
 
     if epochs is not None:
         return epochs
+    if row in EXTENDS:
+        return EXTENDS[row][1]
     cfg = RUNS / row / "config.yaml"
     spec = cfg if cfg.exists() else HERE / ROWS[row][0]
     return int(yaml.safe_load(spec.read_text())["train"]["epochs"])
+
+
+def _branch(row: str) -> str | None:
+    """Start ``row``'s run directory as a copy of the finished row it continues (``EXTENDS``); the reason
+    it cannot, else None."""
+    src, _ = EXTENDS[row]
+    if _epochs_done(src) < _epochs_wanted(src) or not (RUNS / src / "checkpoint.pt").exists():
+        return f"{row} continues {src}, which has trained {_epochs_done(src)} of {_epochs_wanted(src)} epochs: train {src} first"
+    tmp = RUNS / f".{row}.copy"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json"):
+        if (RUNS / src / name).exists():
+            shutil.copy2(RUNS / src / name, tmp / name)
+    tmp.rename(RUNS / row)
+    return None
 
 
 def _run_until(cmd: list[str], env: dict[str, str], deadline: float | None) -> tuple[int, bool]:
@@ -150,18 +176,24 @@ def train(
     step = time_key or ("train_gpu" if _on_gpu() else "train")
     for row in rows:
         spec, sets = ROWS[row]
+        if row in EXTENDS and not (RUNS / row).exists():
+            why = _branch(row)
+            if why:
+                print(why, flush=True)
+                return 2
+        row_epochs = epochs if epochs is not None else EXTENDS[row][1] if row in EXTENDS else None
         for attempt in range(tries):
             if deadline is not None and time.monotonic() >= deadline:
                 print(f"{row}: out of time (--until) at epoch {_epochs_done(row)}", flush=True)
                 return 0
-            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row, epochs):
+            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row, row_epochs):
                 print(f"{row}: done ({_epochs_done(row)} epochs)", flush=True)
                 break
             resume = (RUNS / row / "checkpoint.pt").exists()
             cmd = [sys.executable, "-m", "pyro_vae", "train", str(HERE / spec), "--out", str(RUNS / row)]
             cmd += [a for s in sets for a in ("--set", s)] + (["--resume"] if resume else ["--force"])
-            if epochs is not None:  # e.g. 1093: continue through stage 6 of the schedule
-                cmd += ["--set", f"train.epochs={epochs}"]
+            if row_epochs is not None:  # e.g. 1093: continue through stage 6 of the schedule
+                cmd += ["--set", f"train.epochs={row_epochs}"]
             print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
             before, t0, first = _children_cpu(), time.perf_counter(), _epochs_done(row)
@@ -178,7 +210,7 @@ def train(
             if rc == 2:  # a user error (spec, data): retrying cannot help
                 print(f"{row}: stopped with a user error; see above", flush=True)
                 return 2
-            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row, epochs):
+            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row, row_epochs):
                 break
             time.sleep(5)
     return 0
