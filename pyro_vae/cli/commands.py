@@ -66,10 +66,12 @@ def sample(a: argparse.Namespace) -> int:
 
     from ..errors import SpecError
     from ..plots import as_images, save_grid
+    from ..plots.images import is_own_png
     from ..rundir import load_run
 
     if a.out is not None:
         runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
+        runlock.check_replaceable(a.out, is_own_png, run_dir=Path(a.run_dir))  # only its own earlier grid
     held = runlock.open_reader(a.run_dir, "sample")
     run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
     y = None

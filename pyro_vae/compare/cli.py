@@ -65,6 +65,22 @@ def _cmd_compare(a: Any) -> int:
     return 0
 
 
+#: Largest file read to recognise an earlier ``gradients --out`` (its JSON is a few KB).
+_OWN_JSON_BYTES = 1 << 20
+
+
+def _is_gradients_json(path: Path) -> bool:
+    """Whether ``path`` holds what ``pyro-vae gradients`` writes: a JSON list of gradient statistics."""
+    try:
+        if path.stat().st_size > _OWN_JSON_BYTES:
+            return False
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    keys = {"estimator", "num_particles", "group", "snr", "checkpoint"}
+    return isinstance(doc, list) and bool(doc) and all(isinstance(r, dict) and keys <= r.keys() for r in doc)
+
+
 def _cmd_gradients(a: Any) -> int:
     ks = _ints(a.snr_particles, "--particles")
     if not ks or any(k < 1 for k in ks):
@@ -73,6 +89,7 @@ def _cmd_gradients(a: Any) -> int:
         raise SpecError(f"--draws {a.draws}: must be >= 2")
     if a.out:
         runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
+        runlock.check_replaceable(a.out, _is_gradients_json, run_dir=Path(a.run_dir))
     held = runlock.open_reader(a.run_dir, "gradients")  # no writer may start on the run meanwhile
     run = rundir.load_run(a.run_dir, device=a.device)
     run.vae.set_kl_weight(run.config["elbo"]["beta"])

@@ -19,12 +19,28 @@ import numpy as np
 
 from .._typing import Shape, Tensor
 
+#: The PNG "Software" text of every figure pyro-vae writes: how a later command recognises its own file.
+SOFTWARE = "pyro-vae"
+
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
-    """Lay out ``fig``, write it to ``path`` and close it (figures are files only, never kept open)."""
+    """Lay out ``fig``, write it to ``path`` and close it (figures are files only, never kept open).
+    A PNG carries ``Software: pyro-vae``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    png = Path(path).suffix.lower() == ".png"
+    fig.savefig(path, dpi=dpi, **({"metadata": {"Software": SOFTWARE}} if png else {}))
     plt.close(fig)
+
+
+def is_own_png(path: Path) -> bool:
+    """Whether ``path`` is a PNG that pyro-vae wrote (its ``Software`` text is :data:`SOFTWARE`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == SOFTWARE
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def as_images(x: Tensor, event_shape: Shape) -> np.ndarray | None:
@@ -72,4 +88,4 @@ def save_grid(
     save_figure(fig, path, dpi=110)
 
 
-__all__ = ["as_images", "plt", "save_figure", "save_grid", "tile"]
+__all__ = ["SOFTWARE", "as_images", "is_own_png", "plt", "save_figure", "save_grid", "tile"]

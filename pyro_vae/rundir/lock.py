@@ -110,6 +110,22 @@ def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     return p
 
 
+def check_replaceable(
+    path: str | os.PathLike[str], own: Callable[[Path], bool], flag: str = "--out", run_dir: Path | None = None
+) -> None:
+    """An output file named by the user outside a run directory: a new path, or a file ``own`` recognises
+    as this command's earlier output (the only file it replaces). Inside ``run_dir`` the run's manifest
+    decides instead. Raises :class:`~pyro_vae.errors.SpecError` (exit 2, one line) for anything else."""
+    p = Path(os.fspath(path)).expanduser()
+    if run_dir is not None and is_inside(p, run_dir):
+        return
+    if (p.exists() or p.is_symlink()) and not (p.is_file() and not p.is_symlink() and own(p)):
+        raise SpecError(
+            f"{flag} {os.fspath(path)[:200]!r} exists and is not an earlier output of this pyro-vae command; it is never "
+            "overwritten: move it away or choose another path"
+        )
+
+
 def _existing_ancestor(p: Path) -> Path:
     for a in [p, *p.parents]:
         if a.exists():

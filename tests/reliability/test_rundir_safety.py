@@ -304,6 +304,41 @@ def test_sample_and_gradients_outside_the_run_write_only_there(tmp_path: Path, c
         one_clear_line(capsys.readouterr().err)
 
 
+def test_sample_and_gradients_never_replace_a_file_they_did_not_write(tmp_path: Path, capsys: Any) -> None:
+    """An existing --out outside the run is replaced only when it is the same command's earlier output;
+    any other file (text, a JSON or PNG from elsewhere, a link) is refused with one line and left as it was."""
+    import matplotlib.pyplot as plt
+
+    run = tmp_path / "run"
+    fit(overrides=FAST, out=run)
+    sample = ["sample", str(run), "--num", "4", "--device", "cpu", "--out"]
+    gradients = ["gradients", str(run), *GRADIENTS, "--out"]
+    mine = {
+        "notes.json": b"my notes\n",
+        "list.json": b'[{"estimator": "trace"}]\n',  # JSON, but not gradient statistics
+        "plot.png": b"",  # a PNG that matplotlib wrote for the user, without pyro-vae's mark
+        "text.png": b"not an image",
+    }
+    for name, content in mine.items():
+        (tmp_path / name).write_bytes(content)
+    fig = plt.figure()
+    fig.savefig(tmp_path / "plot.png")
+    plt.close(fig)
+    (tmp_path / "link.png").symlink_to(tmp_path / "plot.png")
+    before = snapshot(tmp_path)
+    for args in ([*gradients, str(tmp_path / "notes.json")], [*gradients, str(tmp_path / "list.json")],
+                 [*sample, str(tmp_path / "plot.png")], [*sample, str(tmp_path / "text.png")],
+                 [*sample, str(tmp_path / "link.png")]):  # fmt: skip
+        assert cli.main(args) == 2, args
+        assert "never overwritten" in one_clear_line(capsys.readouterr().err)
+    assert snapshot(tmp_path) == before
+    # the command's own earlier output is replaced: running it twice works
+    for args in ([*gradients, str(tmp_path / "g.json")], [*sample, str(tmp_path / "s.png")]):
+        assert cli.main(args) == 0 and cli.main(args) == 0, args
+    stats = json.loads((tmp_path / "g.json").read_text())
+    assert stats and all("snr" in r and "checkpoint" in r for r in stats)
+
+
 def test_manifest_paths_are_relative_so_a_run_can_move(tmp_path: Path) -> None:
     fit(overrides=[*FAST, "train.figures=true"], out=tmp_path / "a")
     shutil.move(tmp_path / "a", tmp_path / "b")
