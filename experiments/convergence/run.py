@@ -51,6 +51,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "dreg_k5": ("iwae.yaml", ["elbo.kind=dreg", "elbo.num_particles=5"]),
     "iwae_k50": ("iwae.yaml", ["elbo.kind=iwae", "elbo.num_particles=50"]),
     "vae_k50": ("iwae.yaml", ["elbo.kind=trace", "elbo.num_particles=50"]),
+    # a second training seed of vae_k1 (same test binarization): how far two training runs differ
+    "vae_k1_seed1": ("iwae.yaml", ["elbo.kind=trace", "elbo.num_particles=1", "seed=1"]),
     "zoo_standard": ("zoo.yaml", []),
     "zoo_learned": ("zoo.yaml", ["model.prior.kind=learned_normal"]),
     "zoo_mixture": ("zoo.yaml", ["model.prior.kind=mixture"]),
