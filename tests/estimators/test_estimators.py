@@ -126,7 +126,7 @@ def test_loss_per_point_does_not_depend_on_batch_or_dataset_size(lg):
         vals = []
         for r in range(reps):
             pyro.set_rng_seed(r)
-            vals.append(sum(float(est(x[i : i + batch], None)) for i in range(0, len(x), batch)) / len(x))
+            vals.append(sum(float(est(x[i : i + batch], None).detach()) for i in range(0, len(x), batch)) / len(x))
         t = torch.tensor(vals)
         return float(t.mean()), float(t.std()) / math.sqrt(reps)
 
