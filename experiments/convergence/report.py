@@ -33,7 +33,7 @@ ZOO = [
     ("zoo_standard", "N(0, I)", "diagonal"), ("zoo_learned", "learned normal", "diagonal"),
     ("zoo_mixture", "mixture (100)", "diagonal"), ("zoo_vamp", "VampPrior (100)", "diagonal"),
     ("zoo_flow_prior", "flow (2 MAF)", "diagonal"), ("zoo_full_rank", "N(0, I)", "full rank"),
-    ("zoo_low_rank", "N(0, I)", "low rank"), ("zoo_flow_guide", "N(0, I)", "flow (IAF)"),
+    ("zoo_low_rank", "N(0, I)", "low rank (r = 2)"), ("zoo_flow_guide", "N(0, I)", "flow (IAF)"),
 ]  # fmt: skip
 STAGE_ENDS = [1, 4, 13, 40, 121, 364, 1093, 3280]  # last epoch of each stage of Burda et al.'s schedule
 REFERENCE = "vae_k1"  # paired differences are taken against this row
@@ -245,13 +245,16 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
     lo = min(v for pts in curves.values() for _, v in pts)
     start = 121 if max(pts[-1][0] for pts in curves.values()) > 364 else 40  # the last two stages shown
     late = [v for pts in curves.values() for e, v in pts if e > start]
+    drawn: set[float] = set()  # reference values already drawn
     for row, label, extra in rows:
         if row not in curves:
             continue
         x, y = zip(*curves[row], strict=True)
-        line = ax.plot(x, y, marker=".", ms=3, lw=1.2, label=f"{row}: {label} {extra} (curve to epoch {x[-1]})")[0]
+        what = f"{label}, K={extra}" if isinstance(extra, int) else f"{label} prior, {extra} guide"
+        line = ax.plot(x, y, marker=".", ms=3, lw=1.2, label=f"{row}: {what} (curve to epoch {x[-1]})")[0]
         zoom.plot(x, y, marker=".", ms=3, lw=1.2, color=line.get_color())
-        if paper and row in PAPER:
+        if paper and row in PAPER and PAPER[row] not in drawn:  # a continued or reseeded row shares its source's
+            drawn.add(PAPER[row])
             for a in (ax, zoom):
                 a.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
     last = max(pts[-1][0] for pts in curves.values())
@@ -270,7 +273,12 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
     zoom.set_ylim(floor - 0.5, (max(late) if late else lo + 10) + 0.5)
     zoom.set_xlabel(f"epoch (stages {i + 1} and {i + 2}: learning rate 1e-3 x 10^(-{i + 1}/7), then x 10^(-{i + 2}/7))")
     zoom.set_title("the last two stages", fontsize=9)
-    subtitle = "dashed: Burda et al.'s final -L_5000 (all test images, 3,280 epochs), same colour" if paper else ""
+    subtitle = (
+        "dashed: Burda et al.'s final -L_5000 (all test images, 3,280 epochs), in the colour of the first row "
+        "with that setting"
+        if paper
+        else ""
+    )
     ax.set_title(f"Learning curves: {title}\n{subtitle}", fontsize=9)
     ax.legend(fontsize=7)
     FIGURES.mkdir(exist_ok=True)
