@@ -70,8 +70,8 @@ def sample(a: argparse.Namespace) -> int:
     from ..rundir import load_run
 
     if a.out is not None:
-        runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
-        runlock.check_replaceable(a.out, is_own_png, run_dir=Path(a.run_dir))  # only its own earlier grid
+        # a folder, a device, an impossible place or a file it did not write: before any work
+        runlock.check_out_file(a.out, own=is_own_png, run_dir=a.run_dir)
     held = runlock.open_reader(a.run_dir, "sample")
     run = load_run(a.run_dir, device=a.device, which=a.checkpoint)
     y = None

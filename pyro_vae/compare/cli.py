@@ -88,8 +88,8 @@ def _cmd_gradients(a: Any) -> int:
     if a.draws < 2:
         raise SpecError(f"--draws {a.draws}: must be >= 2")
     if a.out:
-        runlock.check_out_file(a.out)  # a folder, a device or an impossible place: before any work
-        runlock.check_replaceable(a.out, _is_gradients_json, run_dir=Path(a.run_dir))
+        # a folder, a device, an impossible place or a file it did not write: before any work
+        runlock.check_out_file(a.out, own=_is_gradients_json, run_dir=a.run_dir)
     held = runlock.open_reader(a.run_dir, "gradients")  # no writer may start on the run meanwhile
     run = rundir.load_run(a.run_dir, device=a.device)
     run.vae.set_kl_weight(run.config["elbo"]["beta"])

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import RunError, SpecError
+from ..errors import RunError, SpecError, brief
 from ..spec import check_run_name  # re-exported: a run's name is checked where the spec is
 
 MANIFEST = ".pyro-vae-manifest.json"
@@ -94,8 +94,18 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out", what: str =
     return p
 
 
-def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """An output file: its folder must be (or become) a directory, and the path must not be one."""
+def check_out_file(
+    path: str | os.PathLike[str],
+    flag: str = "--out",
+    *,
+    own: Callable[[Path], bool] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """An output file: its folder must be (or become) a directory, and the path must not be one.
+
+    With ``own``, an existing file outside ``run_dir`` (where the run's manifest decides instead) is
+    accepted only when ``own`` recognises it as the command's earlier output: the only file it replaces.
+    """
     text = os.fspath(path)
     if text == "" or not text.strip():
         raise SpecError(f"{flag} {text!r}: give a file path")
@@ -107,23 +117,18 @@ def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     check_out_dir(p.parent if str(p.parent) else ".", flag, "the folder of")
     if len(os.fsencode(p.name)) > 255 - _INNER_ROOM // 2:
         raise SpecError(f"{flag} {text[:80]!r}...: the file name is too long")
-    return p
-
-
-def check_replaceable(
-    path: str | os.PathLike[str], own: Callable[[Path], bool], flag: str = "--out", run_dir: Path | None = None
-) -> None:
-    """An output file named by the user outside a run directory: a new path, or a file ``own`` recognises
-    as this command's earlier output (the only file it replaces). Inside ``run_dir`` the run's manifest
-    decides instead. Raises :class:`~pyro_vae.errors.SpecError` (exit 2, one line) for anything else."""
-    p = Path(os.fspath(path)).expanduser()
-    if run_dir is not None and is_inside(p, run_dir):
-        return
-    if (p.exists() or p.is_symlink()) and not (p.is_file() and not p.is_symlink() and own(p)):
+    outside = run_dir is None or not is_inside(p, Path(run_dir))
+    if (
+        own is not None
+        and outside
+        and (p.exists() or p.is_symlink())
+        and not (p.is_file() and not p.is_symlink() and own(p))
+    ):
         raise SpecError(
-            f"{flag} {os.fspath(path)[:200]!r} exists and is not an earlier output of this pyro-vae command; it is never "
+            f"{flag} {brief(text)} exists and is not an earlier output of this pyro-vae command; it is never "
             "overwritten: move it away or choose another path"
         )
+    return p
 
 
 def _existing_ancestor(p: Path) -> Path:
