@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from run import EXTENDS, epochs_done, epochs_wanted  # experiments/convergence/run.py
+
 HERE = Path(__file__).resolve().parent
 RUNS, RESULTS, FIGURES, CPU = HERE / "runs", HERE / "results", HERE / "figures", HERE / "cpu_seconds.json"
 SEGMENTS = HERE / "segments.jsonl"
@@ -49,20 +51,6 @@ def _metrics(row: str) -> list[dict[str, Any]]:
     return [json.loads(s) for s in p.read_text().splitlines() if s.strip()] if p.exists() else []
 
 
-def _epochs(row: str) -> int:
-    ms = _metrics(row)
-    return int(ms[-1]["epoch"]) if ms else 0
-
-
-def _wanted(row: str) -> int:
-    cfg = RUNS / row / "config.yaml"
-    if not cfg.exists():
-        return 364
-    import yaml
-
-    return int(yaml.safe_load(cfg.read_text())["train"]["epochs"])
-
-
 def _where(row: str, epochs: int) -> str:
     """Which machines trained which epochs, from ``segments.jsonl``; epochs it does not cover ran on this
     project's 2-core CPU machine (``DEFAULT_MACHINE``)."""
@@ -94,7 +82,7 @@ def _time(r: dict[str, Any]) -> str:
 
 def _row(row: str, cpu: dict[str, Any], ref: list[float] | None, reference: str = REFERENCE) -> dict[str, Any]:
     ms = _metrics(row)
-    out: dict[str, Any] = {"row": row, "epochs": ms[-1]["epoch"] if ms else 0, "of": _wanted(row)}
+    out: dict[str, Any] = {"row": row, "epochs": ms[-1]["epoch"] if ms else 0, "of": epochs_wanted(row)}
     if ms:
         out["test_elbo_1"] = ms[-1].get("test_elbo")
         curve = [(r["epoch"], r["curve_ll"]) for r in ms if "curve_ll" in r]
@@ -207,7 +195,7 @@ def report() -> int:
 def _stage_table(rows: list[str]) -> list[str]:
     """-L_100 on the curve subset at the end of each learning-rate stage from 40 epochs on, and the gain in
     the last stage a row has finished (nats per stage): how far from a plateau each row stopped."""
-    last = max((_epochs(row) for row in rows), default=0)
+    last = max((epochs_done(row) for row in rows), default=0)
     ends = [e for e in STAGE_ENDS if 40 <= e <= max(364, last)]
     out = [
         "| row | " + " | ".join(f"-L_100 at epoch {e}" for e in ends) + " | gain in the last finished stage |",
@@ -233,8 +221,6 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
     import matplotlib.pyplot as plt
 
     curves = {row: [(r["epoch"], -r["curve_ll"]) for r in _metrics(row) if "curve_ll" in r] for row, _, _ in rows}
-    from run import EXTENDS  # experiments/convergence/run.py: rows that continue another row's run
-
     for row, (src, _) in EXTENDS.items():  # a continued row shares its source's curve up to the source's end
         if row in curves and src in curves and curves[src]:
             curves[row] = [(e, v) for e, v in curves[row] if e >= curves[src][-1][0]]
@@ -243,7 +229,8 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
         return
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
     lo = min(v for pts in curves.values() for _, v in pts)
-    start = 121 if max(pts[-1][0] for pts in curves.values()) > 364 else 40  # the last two stages shown
+    last = max(pts[-1][0] for pts in curves.values())
+    start = 121 if last > 364 else 40  # the first epoch of the last two stages shown
     late = [v for pts in curves.values() for e, v in pts if e > start]
     drawn: set[float] = set()  # reference values already drawn
     for row, label, extra in rows:
@@ -257,7 +244,6 @@ def _figure(rows: list[tuple[str, str, Any]], name: str, title: str, paper: bool
             drawn.add(PAPER[row])
             for a in (ax, zoom):
                 a.axhline(PAPER[row], color=line.get_color(), ls="--", lw=0.8)
-    last = max(pts[-1][0] for pts in curves.values())
     shown = [e for e in STAGE_ENDS if e <= max(364, last)]
     for a in (ax, zoom):
         for e in shown:

@@ -117,7 +117,7 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _epochs_done(row: str) -> int:
+def epochs_done(row: str) -> int:
     metrics = RUNS / row / "metrics.jsonl"
     if not metrics.exists():
         return 0
@@ -125,7 +125,7 @@ def _epochs_done(row: str) -> int:
     return max((int(r["epoch"]) for r in lines), default=0)
 
 
-def _epochs_wanted(row: str, epochs: int | None = None) -> int:
+def epochs_wanted(row: str, epochs: int | None = None) -> int:
     """``epochs`` when given, else the row's run directory's (a resumed run may have been extended), else the spec's."""
     import yaml
 
@@ -142,8 +142,8 @@ def _branch(row: str) -> str | None:
     """Start ``row``'s run directory as a copy of the finished row it continues (``EXTENDS``); the reason
     it cannot, else None."""
     src, _ = EXTENDS[row]
-    if _epochs_done(src) < _epochs_wanted(src) or not (RUNS / src / "checkpoint.pt").exists():
-        return f"{row} continues {src}, which has trained {_epochs_done(src)} of {_epochs_wanted(src)} epochs: train {src} first"
+    if epochs_done(src) < epochs_wanted(src) or not (RUNS / src / "checkpoint.pt").exists():
+        return f"{row} continues {src}, which has trained {epochs_done(src)} of {epochs_wanted(src)} epochs: train {src} first"
     tmp = RUNS / f".{row}.copy"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -186,33 +186,33 @@ def train(
         row_epochs = epochs if epochs is not None else EXTENDS[row][1] if row in EXTENDS else None
         for attempt in range(tries):
             if deadline is not None and time.monotonic() >= deadline:
-                print(f"{row}: out of time (--until) at epoch {_epochs_done(row)}", flush=True)
+                print(f"{row}: out of time (--until) at epoch {epochs_done(row)}", flush=True)
                 return 0
-            if (RUNS / row / "summary.json").exists() and _epochs_done(row) >= _epochs_wanted(row, row_epochs):
-                print(f"{row}: done ({_epochs_done(row)} epochs)", flush=True)
+            if (RUNS / row / "summary.json").exists() and epochs_done(row) >= epochs_wanted(row, row_epochs):
+                print(f"{row}: done ({epochs_done(row)} epochs)", flush=True)
                 break
             resume = (RUNS / row / "checkpoint.pt").exists()
             cmd = [sys.executable, "-m", "pyro_vae", "train", str(HERE / spec), "--out", str(RUNS / row)]
             cmd += [a for s in sets for a in ("--set", s)] + (["--resume"] if resume else ["--force"])
             if row_epochs is not None:  # e.g. 1093: continue through stage 6 of the schedule
                 cmd += ["--set", f"train.epochs={row_epochs}"]
-            print(f"{row}: {'resuming at epoch ' + str(_epochs_done(row)) if resume else 'starting'} "
+            print(f"{row}: {'resuming at epoch ' + str(epochs_done(row)) if resume else 'starting'} "
                   f"(attempt {attempt + 1})", flush=True)  # fmt: skip
-            before, t0, first = _children_cpu(), time.perf_counter(), _epochs_done(row)
+            before, t0, first = _children_cpu(), time.perf_counter(), epochs_done(row)
             rc, interrupted = _run_until(cmd, env, deadline)
             cpu_s, wall_s = _children_cpu() - before, time.perf_counter() - t0
             _cpu_add(row, step, cpu_s)
             if step == "train_gpu":
                 _cpu_add(row, "train_gpu_wall", wall_s)
-            _segment(row, first, _epochs_done(row), cpu_s, wall_s)
+            _segment(row, first, epochs_done(row), cpu_s, wall_s)
             if interrupted:
-                print(f"{row}: interrupted at the time limit (--until) in epoch {_epochs_done(row) + 1}; "
+                print(f"{row}: interrupted at the time limit (--until) in epoch {epochs_done(row) + 1}; "
                       "train ROW resumes it", flush=True)  # fmt: skip
                 return 0
             if rc == 2:  # a user error (spec, data): retrying cannot help
                 print(f"{row}: stopped with a user error; see above", flush=True)
                 return 2
-            if rc == 0 and _epochs_done(row) >= _epochs_wanted(row, row_epochs):
+            if rc == 0 and epochs_done(row) >= epochs_wanted(row, row_epochs):
                 break
             time.sleep(5)
     return 0
@@ -240,8 +240,8 @@ def evaluate(
     for row in rows:
         out = RESULTS / f"{row}.json"
         doc = json.loads(out.read_text()) if out.exists() else None
-        if _epochs_done(row) < _epochs_wanted(row) and not partial:
-            print(f"{row}: trained {_epochs_done(row)} of {_epochs_wanted(row)} epochs; not scored "
+        if epochs_done(row) < epochs_wanted(row) and not partial:
+            print(f"{row}: trained {epochs_done(row)} of {epochs_wanted(row)} epochs; not scored "
                   "(train it first, or --partial)", flush=True)  # fmt: skip
             continue
         run = load_run(RUNS / row, device=device, which=which)
@@ -302,7 +302,7 @@ def status() -> int:
         n = len(json.loads(ev.read_text())["ll"]) if ev.exists() else 0
         c = cpu.get(row, {})
         print(
-            f"{row:16s} epochs {_epochs_done(row):4d}/{_epochs_wanted(row)}  L_5000 images {n:5d}  "
+            f"{row:16s} epochs {epochs_done(row):4d}/{epochs_wanted(row)}  L_5000 images {n:5d}  "
             f"cpu train {c.get('train', 0) / 3600:.2f} h  evaluate {c.get('evaluate', 0) / 3600:.2f} h"
         )
     return 0
